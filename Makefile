@@ -1,0 +1,35 @@
+# Two commands for a newcomer: `make lab` (open the course) and `make test` (check everything).
+# Both create .venv on first use and install the exact pins from requirements.txt.
+PYTHON ?= python3
+VENV   ?= .venv
+PY     := $(VENV)/bin/python
+STAMP  := $(VENV)/.installed
+
+# Test runs never touch a model hub and never open a plotting window.
+export HF_HUB_OFFLINE := 1
+export MPLBACKEND := Agg
+
+.PHONY: lab test test-fast setup clean
+
+setup: $(STAMP)
+
+$(STAMP): requirements.txt pyproject.toml
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --upgrade pip
+	$(PY) -m pip install -r requirements.txt
+	$(PY) -m pip install --no-deps -e .
+	touch $(STAMP)
+
+lab: $(STAMP)
+	$(VENV)/bin/jupyter lab notebooks/
+
+# Unit tests, every notebook re-executed by nbval, and the real-browser widget tests.
+test: $(STAMP)
+	$(PY) -m pytest -q tests notebooks --nbval-lax --nbval-current-env -p no:cacheprovider
+
+# Everything except the browser and notebooks: the quick loop while editing course_lib.
+test-fast: $(STAMP)
+	$(PY) -m pytest -q tests -m "not browser" -p no:cacheprovider
+
+clean:
+	rm -rf $(VENV) .pytest_cache
