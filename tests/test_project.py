@@ -1,0 +1,60 @@
+"""The project's promises to a newcomer: pinned, agreeing environment files and a CI that runs the README."""
+import re
+from pathlib import Path
+
+import course_lib
+import pytest
+import torch
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def _pins(lines):
+    pins = {}
+    for line in lines:
+        line = line.split("#")[0].strip()
+        if line and not line.startswith("-"):
+            m = re.fullmatch(r"([A-Za-z0-9_.\-]+)==([A-Za-z0-9_.+\-]+)", line)
+            assert m, f"requirements.txt line {line!r} is not an exact pin (name==version)"
+            pins[m.group(1).lower().replace("_", "-")] = m.group(2)
+    return pins
+
+
+def test_requirements_pin_everything_the_course_needs():
+    pins = _pins((ROOT / "requirements.txt").read_text().splitlines())
+    needed = {"torch", "torchvision", "numpy", "matplotlib", "ipywidgets", "jupyterlab", "open-clip-torch",
+              "diffusers", "nbval", "pytest", "safetensors", "tqdm", "playwright"}
+    assert needed <= set(pins), f"missing pins: {sorted(needed - set(pins))}"
+    assert pins["torch"] == "2.14.1" and pins["torchvision"] == "0.29.1"
+
+
+def test_environment_yml_agrees_with_requirements():
+    text = (ROOT / "environment.yml").read_text()
+    assert re.search(r"^\s*-\s*python=3\.11\s*$", text, re.M), "environment.yml must pin python=3.11"
+    assert re.search(r"^\s*-\s*pip\s*$", text, re.M)
+    pip_lines = [l.strip()[2:].strip() for l in text.splitlines() if l.strip().startswith("- ")]
+    assert "-r requirements.txt" in pip_lines and "-e ." in pip_lines
+    # Any package pinned directly in environment.yml must carry the same version as requirements.txt.
+    env_pins = {l.split("==")[0].lower(): l.split("==")[1] for l in pip_lines if "==" in l}
+    req = _pins((ROOT / "requirements.txt").read_text().splitlines())
+    for name, version in env_pins.items():
+        assert req.get(name) == version, f"{name}: environment.yml {version} vs requirements.txt {req.get(name)}"
+
+
+def test_ci_runs_the_readme_test_command():
+    readme = (ROOT / "README.md").read_text()
+    assert "make test" in readme and "make lab" in readme
+    ci = (ROOT / ".ci" / "run").read_text()
+    assert re.search(r"^make test\s*$", ci, re.M)
+
+
+def test_device_env_override(monkeypatch):
+    monkeypatch.setenv("COURSE_DEVICE", "cpu")
+    assert course_lib.device() == torch.device("cpu")
+    monkeypatch.setenv("COURSE_DEVICE", "toaster")
+    with pytest.raises(ValueError, match="'cpu'"):
+        course_lib.device()
+    if not torch.cuda.is_available():
+        monkeypatch.setenv("COURSE_DEVICE", "cuda")
+        with pytest.raises(ValueError, match="CUDA is not available"):
+            course_lib.device()
