@@ -45,8 +45,8 @@ def make_timesteps(schedule: NoiseSchedule, steps: int, spacing: str = "trailing
     if not 1 <= steps <= T:
         raise ValueError(f"steps must be in [1, {T}] (num_train_timesteps={T}), got {steps}")
     if spacing == "trailing":  # always starts at t = T-1, the step the model was trained to start from
-        # = diffusers' np.arange(T, 0, -T / steps), written so float round-off cannot add a 'steps+1'-th entry (-1)
-        timesteps = np.round(T - np.arange(steps) * (T / steps)).astype(np.int64) - 1
+        # [:steps]: float round-off in arange sometimes adds an extra last entry, which would become t = -1
+        timesteps = np.round(np.arange(T, 0, -T / steps)[:steps]).astype(np.int64) - 1
     elif spacing == "leading":  # multiples of T // steps, starting at 0 (diffusers' default, steps_offset=0)
         timesteps = (np.arange(0, steps) * (T // steps)).round()[::-1].astype(np.int64)
     elif spacing == "linspace":  # evenly spaced from T-1 down to 0, rounded
@@ -64,15 +64,15 @@ def ddim(eps_model, x, schedule, timesteps, *, callback=None, generator=None, et
     timesteps = _check_inputs(x, schedule, timesteps)
     for i, t in enumerate(timesteps):
         # alpha_bar at this step and at the next (lower) one; 1.0 = clean data after the last step
-        a_t = float(schedule.alphas_cumprod[t])
-        a_prev = float(schedule.alphas_cumprod[timesteps[i + 1]]) if i + 1 < len(timesteps) else 1.0
+        a_t, a_prev = _alpha_bars(schedule, timesteps, i)
         eps = _predict_eps(eps_model, x, t)
         # invert DDPM eq. 4 for x0: "predicted x0" (eq. 12, first term)
         x0 = (x - (1 - a_t) ** 0.5 * eps) / a_t**0.5
         # eq. 16: how much fresh noise to inject; eta=0 makes the step deterministic
-        sigma = eta * ((1 - a_prev) / (1 - a_t)) ** 0.5 * (1 - a_t / a_prev) ** 0.5
+        sigma = eta * ((1 - a_prev) / (1 - a_t) * (1 - a_t / a_prev)) ** 0.5
         # eq. 12: jump to x_prev = sqrt(a_prev) x0 + "direction pointing to x_t" + random noise
-        x_next = a_prev**0.5 * x0 + (1 - a_prev - sigma**2) ** 0.5 * eps
+        # (clamp: with eta=1 the bracket is ~a_t, which rounds below 0 at the cosine schedule's t = T-1)
+        x_next = a_prev**0.5 * x0 + (1 - a_prev - sigma**2).clamp(min=0) ** 0.5 * eps
         if eta > 0:
             x_next = x_next + sigma * _randn_like(x, generator)
         x = x_next
@@ -87,8 +87,7 @@ def ddpm(eps_model, x, schedule, timesteps, *, callback=None, generator=None) ->
     timesteps = _check_inputs(x, schedule, timesteps)
     for i, t in enumerate(timesteps):
         # alpha_bar at this step and at the next (lower) one; 1.0 = clean data after the last step
-        a_t = float(schedule.alphas_cumprod[t])
-        a_prev = float(schedule.alphas_cumprod[timesteps[i + 1]]) if i + 1 < len(timesteps) else 1.0
+        a_t, a_prev = _alpha_bars(schedule, timesteps, i)
         # the strided step's own alpha and beta (equal to alphas[t], betas[t] when no step is skipped)
         alpha_t = a_t / a_prev
         beta_t = 1 - alpha_t
@@ -100,7 +99,7 @@ def ddpm(eps_model, x, schedule, timesteps, *, callback=None, generator=None) ->
         # eq. 7: posterior variance beta~_t; sample x_prev ~ N(mean, beta~_t I), no noise at t = 0
         variance = (1 - a_prev) / (1 - a_t) * beta_t
         x_next = mean
-        if t > 0:
+        if t > 0:  # (the last step has variance 0; noise is still drawn if t > 0, as diffusers does)
             x_next = mean + variance**0.5 * _randn_like(x, generator)
         x = x_next
         if callback is not None:
@@ -136,6 +135,17 @@ def _check_inputs(x, schedule: NoiseSchedule, timesteps) -> list[int]:
     if ts[0] > T - 1 or ts[-1] < 0:
         raise ValueError(f"timesteps must lie in [0, {T - 1}] (num_train_timesteps={T}), got {ts[0]}..{ts[-1]}")
     return ts
+
+
+def _alpha_bars(schedule: NoiseSchedule, timesteps: list[int], i: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """(alpha_bar at timesteps[i], alpha_bar at timesteps[i + 1] or 1.0 after the last) as float32 CPU scalars.
+
+    Kept as float32 0-dim tensors, as diffusers does, so results match it closely even where
+    alpha_bar_t is ~1e-9 (cosine, t = T-1); 0-dim CPU tensors combine with x on any device.
+    """
+    a_t = schedule.alphas_cumprod[timesteps[i]]
+    a_prev = schedule.alphas_cumprod[timesteps[i + 1]] if i + 1 < len(timesteps) else torch.tensor(1.0)
+    return a_t, a_prev
 
 
 def _predict_eps(eps_model, x: torch.Tensor, t: int) -> torch.Tensor:
