@@ -1,0 +1,10 @@
+"""Notebook widgets: they only display frames the library computes (no diffusion math here).
+
+NoisingExplorer  scrub t through the forward process q(x_t | x0) of a noise schedule (chapter 1).
+DenoisingPlayer  watch a sampler denoise live, then scrub its cached trajectory.
+"""
+from .display import grid, png_bytes, to_uint8
+from .noising import NoisingExplorer
+from .player import DenoisingPlayer
+
+__all__ = ["NoisingExplorer", "DenoisingPlayer", "to_uint8", "grid", "png_bytes"]

@@ -1,0 +1,83 @@
+"""End to end: the widgets render in a real JupyterLab (headless Chromium) and react to the keyboard.
+
+Each test runs a notebook with Run > Run All Cells, waits for the kernel to go idle, then moves a slider
+by pressing keys on its noUiSlider handle and checks that the widget's <img> shows a new frame (its src is a
+fresh blob: URL for every new PNG the kernel sends). Fixtures and the LabPage helper live in conftest.py.
+"""
+import re
+from pathlib import Path
+
+import nbformat
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+CHAPTER_1 = REPO / "notebooks" / "01_forward_noising.ipynb"
+
+STATUS = re.compile(r"step \d+/\d+")  # the player's status label, e.g. "step 7/20 · t=649 · 0.41 s"
+
+pytestmark = pytest.mark.browser
+
+
+def _notebook(*cells: str):
+    """A notebook of code cells with the python3 kernelspec (so Lab asks no kernel question)."""
+    nb = nbformat.v4.new_notebook()
+    nb.metadata["kernelspec"] = {"name": "python3", "display_name": "Python 3 (ipykernel)", "language": "python"}
+    nb.cells = [nbformat.v4.new_code_cell(c) for c in cells]
+    return nb
+
+
+def test_chapter1_noising_explorer_scrubs(lab, tmp_path):
+    """Chapter 1 as shipped: the NoisingExplorer shows the photo and a new frame per slider key press."""
+    name = lab.server.add_notebook(CHAPTER_1)
+    lab.open(name)
+    lab.run_all()
+
+    explorer = lab.widget("course-noising-explorer")
+    img = explorer.locator("img").first
+    handle = lab.slider_handle(explorer, "t")
+    before_src, before_t = img.get_attribute("src"), float(handle.get_attribute("aria-valuenow"))
+    lab.press_keys(handle, ["ArrowRight"] * 3 + ["PageUp"] * 30)  # 3 + 30 * 5 steps: t = 153
+
+    after_src = lab.wait_src_change(img, before_src)
+    after_t = round(float(handle.get_attribute("aria-valuenow")))
+    assert after_src.startswith("blob:") and after_src != before_src
+    assert after_t == before_t + 153, f"slider did not move as keyed: t {before_t} -> {after_t}"
+    # the kernel caught up with the last key press: its caption names the slider's t
+    explorer.locator(".widget-label", has_text=f"t = {after_t} ·").wait_for(timeout=30_000)
+    lab.screenshot(tmp_path / "chapter1_noising_explorer.png", explorer)
+
+    # Play is jslinked to the slider in the browser: pressing it moves t (by 10 per tick) and the frames follow
+    play_button = explorer.locator(".widget-play button").first
+    play_button.click()
+    lab.wait_handle_value(handle, lambda v: v >= after_t + 20)
+    play_button.click()  # the same button pauses
+    explorer.locator(".widget-play .fa-play").wait_for(timeout=10_000)
+    lab.wait_src_change(img, after_src)
+
+
+def test_denoising_player_reruns_on_steps_key(lab, tmp_path):
+    """A DenoisingPlayer samples live: one ArrowRight on 'steps' reruns the sampler and shows new frames."""
+    nb = _notebook(
+        "from course_lib import pretrained\n"
+        "from course_lib.widgets import DenoisingPlayer\n"
+        "p = pretrained.load('shapes32-unet')  # the shipped model\n"
+        "model, schedule = p.model, p.schedule",
+        "player = DenoisingPlayer(model, schedule, steps=5)\nplayer",
+    )
+    name = lab.server.add_notebook(name="player.ipynb", nb=nb)
+    lab.open(name)
+    lab.run_all()
+
+    player = lab.widget("course-denoising-player")
+    img = player.locator("img").first
+    status = player.locator(".widget-label", has_text=STATUS).first  # not the "steps" slider's own label
+    assert "step 5/5" in status.inner_text()
+    handle = lab.slider_handle(player, "steps")
+    before_src = img.get_attribute("src")
+    lab.press_keys(handle, ["ArrowRight"])  # steps 5 -> 6: a new trajectory is sampled
+
+    # the kernel sampled 6 steps (its status counts them as they stream in) and pushed new frames
+    player.locator(".widget-label", has_text="step 6/6").wait_for(timeout=60_000)
+    assert img.get_attribute("src") != before_src
+    assert float(handle.get_attribute("aria-valuenow")) == 6
+    lab.screenshot(tmp_path / "denoising_player.png", player)

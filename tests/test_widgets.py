@@ -1,0 +1,311 @@
+"""Widgets without a browser: frames come from the library, are cached, and react to control changes."""
+import io
+
+import ipywidgets as widgets
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from course_lib import samplers
+from course_lib.models import unet_tiny
+from course_lib.schedules import NoiseSchedule
+from course_lib.widgets import DenoisingPlayer, NoisingExplorer, grid, png_bytes, to_uint8
+
+SIZE = 16  # small images keep the sampler tests at a fraction of a second
+
+
+@pytest.fixture(autouse=True, scope="module")
+def one_torch_thread():
+    """Tiny 16 px models gain nothing from threads, and OpenMP spin-waiting on a busy 2-core box costs ~10x."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+def decode_png(data: bytes) -> np.ndarray:
+    """PNG bytes -> uint8 (H, W, 3) array."""
+    return np.asarray(Image.open(io.BytesIO(data)).convert("RGB"))
+
+
+@pytest.fixture
+def images():
+    """Two smooth test images in [-1, 1], (2, 3, 16, 16)."""
+    ramp = torch.linspace(-1, 1, SIZE)
+    a = torch.stack([ramp[None, :].expand(SIZE, SIZE), ramp[:, None].expand(SIZE, SIZE), -ramp[None, :].expand(SIZE, SIZE)])
+    return torch.stack([a, a.flip(-1) * 0.5])  # (2, 3, H, W)
+
+
+# ----- display helpers --------------------------------------------------------------------------
+def test_to_uint8_maps_range_and_layout():
+    x = torch.tensor([-1.0, 0.0, 1.0, 3.0]).reshape(1, 1, 4).expand(3, 1, 4)  # (C, H, W), 3.0 must clamp
+    out = to_uint8(x)
+    assert out.shape == (1, 4, 3) and out.dtype == np.uint8
+    assert out[0, :, 0].tolist() == [0, 128, 255, 255]
+    assert to_uint8(torch.zeros(5, 3, 2, 4)).shape == (5, 2, 4, 3)
+    with pytest.raises(ValueError, match="C, H, W"):
+        to_uint8(torch.zeros(4, 4))
+
+
+def test_grid_and_png_bytes(images):
+    g = grid(images, nrow=2, padding=2)
+    assert g.shape == (SIZE, 2 * SIZE + 2, 3)
+    assert np.array_equal(g[:, :SIZE], to_uint8(images[0]))
+    assert grid(images, nrow=1, padding=0).shape == (2 * SIZE, SIZE, 3)
+    png = decode_png(png_bytes(g, scale=4))
+    assert png.shape == (4 * SIZE, 4 * (2 * SIZE + 2), 3)
+    assert np.array_equal(png[::4, ::4], g)  # nearest upscale: every 4th pixel is the original
+    with pytest.raises(ValueError, match="scale"):
+        png_bytes(g, scale=0)
+
+
+# ----- NoisingExplorer ---------------------------------------------------------------------------
+def test_explorer_structure(images):
+    ex = NoisingExplorer(images, seed=0, scale=2)
+    assert isinstance(ex, widgets.VBox) and "course-noising-explorer" in ex._dom_classes
+    assert (ex.t_slider.min, ex.t_slider.max, ex.t_slider.description) == (0, 999, "t")
+    assert list(ex.schedule_dropdown.options) == ["linear", "cosine", "scaled_linear"]
+    assert ex.play.step == 10 and ex.play.max == ex.t_slider.max
+    assert ex.play_link.source == (ex.play, "value") and ex.play_link.target == (ex.t_slider, "value")
+    assert ex.image.format == "png"
+    # N images side by side at `scale`
+    assert decode_png(ex.image.value).shape == (2 * SIZE, 2 * (2 * SIZE + 2), 3)
+
+
+def test_explorer_t_changes_frame_and_caption(images):
+    ex = NoisingExplorer(images, seed=0)
+    first = ex.image.value
+    ex.t_slider.value = 400
+    assert ex.image.value != first
+    s = NoiseSchedule.linear()
+    assert "t = 400" in ex.caption.value
+    assert f"{float(s.alphas_cumprod[400]):.4f}" in ex.caption.value
+    assert f"{float(s.snr(400)):.4g}" in ex.caption.value
+
+
+def test_explorer_frames_are_schedule_add_noise(images):
+    ex = NoisingExplorer(images, seed=3, scale=1)
+    ex.schedule_dropdown.value = "cosine"
+    ex.t_slider.value = 250
+    noise = torch.randn(images.shape, generator=torch.Generator().manual_seed(3))
+    expected = grid(to_uint8(NoiseSchedule.cosine().add_noise(images, noise, 250)), nrow=2)
+    assert np.array_equal(decode_png(ex.image.value), expected)
+
+
+def test_explorer_caches_frames(images):
+    ex = NoisingExplorer(images)
+    ex.t_slider.value = 123
+    frame = ex.frame("linear", 123)
+    misses, hits = ex.cache_misses, ex.cache_hits
+    ex.t_slider.value = 500
+    ex.t_slider.value = 123
+    assert ex.frame("linear", 123) is frame  # the very same bytes object: served from the cache
+    assert bytes(ex.image.value) == frame
+    assert ex.cache_misses == misses + 1  # only t=500 was new
+    assert ex.cache_hits == hits + 2  # the slider's return to 123 and the frame() call above
+
+
+def test_explorer_schedule_changes_frame_at_same_t(images):
+    ex = NoisingExplorer(images)
+    ex.t_slider.value = 600
+    linear = ex.image.value
+    ex.schedule_dropdown.value = "cosine"
+    assert ex.image.value != linear
+    assert "t = 600" in ex.caption.value
+
+
+def test_explorer_t0_is_the_image_and_t999_is_noise(images):
+    ex = NoisingExplorer(images, scale=1)
+    clean = grid(to_uint8(images), nrow=2).astype(int)
+    diff0 = np.abs(decode_png(ex.image.value).astype(int) - clean).mean()
+    ex.t_slider.value = 999
+    diff999 = np.abs(decode_png(ex.image.value).astype(int) - clean).mean()
+    assert diff0 < 2.0  # sqrt(1 - alpha_bar_0) = 0.01: about one gray level of noise
+    assert diff999 > 40
+
+
+def test_explorer_same_noise_for_every_t(images):
+    a, b = NoisingExplorer(images, seed=1), NoisingExplorer(images, seed=1)
+    c = NoisingExplorer(images, seed=2)
+    for ex in (a, b, c):
+        ex.t_slider.value = 700
+    assert a.image.value == b.image.value and a.image.value != c.image.value
+
+
+def test_explorer_prerender_fills_cache(images):
+    ex = NoisingExplorer(images, schedules=("linear",))
+    rendered = ex.prerender(stride=100)
+    assert rendered == 10  # t = 100..900 and 999 (t = 0 was shown at construction)
+    misses = ex.cache_misses
+    ex.t_slider.value = 300
+    ex.t_slider.value = 999
+    assert ex.cache_misses == misses
+
+
+def test_explorer_single_image_and_schedule_objects():
+    img = torch.zeros(3, 8, 8)
+    ex = NoisingExplorer(img, schedules=(NoiseSchedule.linear(num_train_timesteps=50),), scale=1)
+    assert ex.t_slider.max == 49 and decode_png(ex.image.value).shape == (8, 8, 3)
+
+
+@pytest.mark.parametrize("bad", [torch.zeros(8, 8), torch.zeros(2, 4, 8, 8), torch.zeros(1, 1, 3, 8, 8)])
+def test_explorer_rejects_bad_shapes(bad):
+    with pytest.raises(ValueError, match=r"\(3, H, W\)"):
+        NoisingExplorer(bad)
+
+
+def test_explorer_rejects_bad_input(images):
+    with pytest.raises(ValueError, match="linear, cosine, scaled_linear"):
+        NoisingExplorer(images, schedules=("linear", "sigmoid"))
+    with pytest.raises(ValueError, match=r"\[-1, 1\]"):
+        NoisingExplorer(images * 255)
+    with pytest.raises(ValueError, match="float tensor"):
+        NoisingExplorer([[1, 2]])
+    with pytest.raises(ValueError, match="at least one of: linear"):
+        NoisingExplorer(images, schedules=())
+
+
+# ----- DenoisingPlayer -----------------------------------------------------------------------------
+class CountingModel(torch.nn.Module):
+    """Wraps an eps-model and counts forward calls, to tell a fresh run from a cache hit."""
+
+    def __init__(self, model):
+        super().__init__()
+        self.model, self.calls = model, 0
+
+    def forward(self, x, t):
+        self.calls += 1
+        return self.model(x, t)
+
+
+@pytest.fixture(scope="module")
+def tiny_unet():
+    """unet_tiny with random weights everywhere: its init zeroes the output (and residual) layers, which would
+    make eps = 0 and every trajectory end in the same image, so those layers get small random weights too."""
+    torch.manual_seed(0)
+    model = unet_tiny(image_size=SIZE).eval()
+    with torch.no_grad():
+        for p in model.parameters():
+            if p.ndim > 1 and not p.any():
+                torch.nn.init.normal_(p, std=0.05)
+    return model
+
+
+@pytest.fixture
+def player(tiny_unet):
+    return DenoisingPlayer(CountingModel(tiny_unet), NoiseSchedule.linear(), n=2, image_size=SIZE, steps=4, seed=0)
+
+
+def test_player_structure(player):
+    assert isinstance(player, widgets.VBox) and "course-denoising-player" in player._dom_classes
+    assert (player.steps_slider.min, player.steps_slider.max) == (1, 100)
+    assert set(player.sampler_dropdown.options) == set(samplers.SAMPLERS)
+    assert player.frame_slider.max == 3 and player.play.max == 3
+    link = player.play_link
+    assert link.source == (player.play, "value") and link.target == (player.frame_slider, "value")
+    assert not player.model.training
+    # one frame: x_t row over predicted-x0 row, n=2 tiles per row, at scale 3, plus the label gutter
+    frame = decode_png(player.image.value)
+    assert frame.shape[0] == 3 * (2 * SIZE + 2)
+    assert player.status.value.startswith("step 4/4 · t=")
+
+
+def test_player_initial_run_frames_and_calls(player):
+    assert player.model.calls == 4
+    assert len(player.frames) == 4
+    assert player.image.value == player.frames[-1]
+    assert player.last_images.shape == (2, 3, SIZE, SIZE)
+
+
+def test_player_steps_change_reruns_and_pushes_each_frame(player):
+    before = player.image.value
+    pushed = []
+    player.image.observe(lambda c: pushed.append(c["new"]), names="value")
+    player.steps_slider.value = 6
+    assert player.model.calls == 4 + 6
+    assert len(player.frames) == 6 and player.frame_slider.max == 5 and player.frame_slider.value == 5
+    assert player.image.value != before
+    assert pushed[:6] == player.frames  # every step reached the Image while sampling: the animation is live
+    assert player.status.value.startswith("step 6/6")
+
+
+def test_player_cache_hit_makes_no_model_calls(player):
+    first_frames, first_images = player.frames, player.last_images
+    player.steps_slider.value = 3
+    calls = player.model.calls
+    player.steps_slider.value = 4
+    assert player.model.calls == calls  # cached: no model calls at all
+    assert player.frames is first_frames and player.image.value == first_frames[-1]
+    assert torch.equal(player.last_images, first_images)
+
+
+def test_player_sampler_and_seed_changes_rerun(player):
+    ddim_images = player.last_images
+    player.sampler_dropdown.value = "ddpm"
+    assert player.model.calls == 8
+    assert not torch.allclose(player.last_images, ddim_images)
+    player.seed_box.value = 1
+    assert player.model.calls == 12
+    assert player.cache_key() == (4, "ddpm", 1)
+
+
+def test_player_frame_slider_scrubs_without_model_calls(player):
+    calls = player.model.calls
+    player.frame_slider.value = 0
+    assert player.image.value == player.frames[0] != player.frames[-1]
+    assert player.status.value.startswith("step 1/4")
+    player.frame_slider.value = 2
+    assert player.image.value == player.frames[2]
+    assert player.model.calls == calls
+
+
+def test_player_final_images_equal_direct_ddim(player, tiny_unet):
+    schedule = NoiseSchedule.linear()
+    x_T = torch.randn((2, 3, SIZE, SIZE), generator=torch.Generator().manual_seed(0))
+    direct = samplers.ddim(lambda x, t: tiny_unet(x, t), x_T, schedule, samplers.make_timesteps(schedule, 4))
+    assert torch.allclose(player.last_images, direct, atol=1e-6)
+    assert torch.equal(player.run(), player.last_images)
+
+
+def test_player_ddpm_reproduces_with_one_seeded_generator(player, tiny_unet):
+    """x_T and DDPM's per-step noise come from one CPU generator seeded with the seed box (as in diffusers)."""
+    player.sampler_dropdown.value = "ddpm"
+    player.seed_box.value = 7
+    schedule = NoiseSchedule.linear()
+    gen = torch.Generator().manual_seed(7)
+    x_T = torch.randn((2, 3, SIZE, SIZE), generator=gen)
+    direct = samplers.ddpm(tiny_unet, x_T, schedule, samplers.make_timesteps(schedule, 4), generator=gen)
+    assert torch.allclose(player.last_images, direct, atol=1e-6)
+
+
+def test_player_decode_and_eps_model_hooks(tiny_unet):
+    decoded = []
+
+    def decode(z):  # stands in for a VAE decoder: 4 latent channels -> 3 image channels
+        decoded.append(z.shape)
+        return z[:, :3]
+
+    calls = []
+
+    def eps_model(x, t):
+        calls.append(t)
+        return torch.zeros_like(x)
+
+    p = DenoisingPlayer(None, NoiseSchedule.linear(), n=1, image_size=8, channels=4, steps=2,
+                        decode=decode, eps_model=eps_model)
+    assert len(calls) == 2 and calls[0].shape == (1,) and calls[0].dtype == torch.long
+    assert decoded and all(s == (1, 4, 8, 8) for s in decoded)
+    assert p.last_images.shape == (1, 4, 8, 8)  # the raw sampler output, before decode
+
+
+def test_player_rejects_bad_input(tiny_unet):
+    schedule = NoiseSchedule.linear()
+    with pytest.raises(ValueError, match="ddpm, ddim"):
+        DenoisingPlayer(tiny_unet, schedule, sampler="euler", autorun=False)
+    with pytest.raises(ValueError, match=r"steps must be an int in \[1, 100\]"):
+        DenoisingPlayer(tiny_unet, schedule, steps=0, autorun=False)
+    with pytest.raises(ValueError, match="eps_model"):
+        DenoisingPlayer(None, schedule, autorun=False)
+    with pytest.raises(ValueError, match="seed"):
+        DenoisingPlayer(tiny_unet, schedule, seed=-1, autorun=False)
