@@ -55,3 +55,39 @@ def check_first_t(answer: int, schedule: NoiseSchedule, snr_below: float) -> Non
         raise AssertionError(f"t={answer} is {side}: SNR there is {float(snr[answer]):.3g}. "
                              "Look for the first index where schedule.snr(t) < the threshold.")
     print(f"✓ the {schedule.name} schedule's SNR first drops below {snr_below} at t={answer}")
+
+
+def _one_ddim_step(x_t, eps, t: int, t_prev: int, schedule: NoiseSchedule):
+    """The library's DDIM step from t to t_prev with a model that always answers `eps`: (x_prev, predicted x0)."""
+    from .samplers import ddim  # samplers sit above schedules; import here so chapter 1 needs only schedules
+
+    records = []
+    ddim(lambda x, t_batch: eps, x_t, schedule, [t, t_prev], callback=records.append)
+    return records[0].x_t, records[0].x0
+
+
+def _ddim_cases():
+    g = torch.Generator().manual_seed(1)
+    schedule = NoiseSchedule.linear()
+    for t, t_prev in ((999, 949), (500, 450), (100, 0)):
+        x_t, eps = torch.randn(2, 3, 8, 8, generator=g), torch.randn(2, 3, 8, 8, generator=g)
+        yield schedule, t, t_prev, x_t, eps
+
+
+def check_predict_x0(fn: Callable) -> None:
+    """Chapter 2: `fn(x_t, eps, alpha_bar_t)` must invert the closed form: x0 = (x_t - sqrt(1 - ab) eps) / sqrt(ab)."""
+    for schedule, t, t_prev, x_t, eps in _ddim_cases():
+        _, want = _one_ddim_step(x_t, eps, t, t_prev, schedule)
+        _close(fn(x_t, eps, schedule.alphas_cumprod[t]), want, f"t={t}",
+               "Solve x_t = sqrt(ab) x0 + sqrt(1 - ab) eps for x0.", atol=1e-4)
+    print("✓ predicted x0 is right")
+
+
+def check_ddim_step(fn: Callable) -> None:
+    """Chapter 2: `fn(x_t, eps, alpha_bar_t, alpha_bar_prev)` must be one deterministic DDIM step (eta = 0)."""
+    for schedule, t, t_prev, x_t, eps in _ddim_cases():
+        want, _ = _one_ddim_step(x_t, eps, t, t_prev, schedule)
+        ab, ab_prev = schedule.alphas_cumprod[t], schedule.alphas_cumprod[t_prev]
+        _close(fn(x_t, eps, ab, ab_prev), want, f"t={t} -> {t_prev}",
+               "Predict x0 first, then re-noise it to the *previous* level with the *same* eps.", atol=1e-4)
+    print("✓ the DDIM step is right")

@@ -287,3 +287,15 @@ def test_bad_input_errors():
     for bad in (4, 64.0, 5000):
         with pytest.raises(ValueError, match="size must be an int in 8..1024"):
             photo(bad)
+
+
+def test_exclude_leaves_out_held_out_pairs_and_keeps_default_stream():
+    from course_lib.data import HELD_OUT_PAIRS
+
+    plain = ShapesDataset(size=8, n=400, seed=3)
+    held = ShapesDataset(size=8, n=400, seed=3, exclude=HELD_OUT_PAIRS)
+    assert not {(a.shape, a.color) for a in held.attributes()} & set(HELD_OUT_PAIRS)
+    assert {(a.shape, a.color) for a in plain.attributes()} & set(HELD_OUT_PAIRS)  # they do occur normally
+    assert ShapesDataset(size=8, n=400, seed=3, exclude=()).attributes() == plain.attributes()
+    with pytest.raises(ValueError, match="valid shapes"):
+        ShapesDataset(size=8, n=4, exclude=[("hexagon", "red")])

@@ -34,3 +34,31 @@ def test_first_t_checker():
     for wrong in (right - 1, right + 1, float(right), 0):
         with pytest.raises(AssertionError):
             check_first_t(wrong, s, 0.1)
+
+
+def test_predict_x0_checker():
+    from course_lib.exercises import check_predict_x0
+
+    check_predict_x0(lambda x_t, eps, ab: (x_t - (1 - ab) ** 0.5 * eps) / ab**0.5)
+    for fn in (lambda x_t, eps, ab: x_t - eps,
+               lambda x_t, eps, ab: (x_t - (1 - ab) * eps) / ab,
+               lambda x_t, eps, ab: (x_t + (1 - ab) ** 0.5 * eps) / ab**0.5):
+        with pytest.raises(AssertionError):
+            check_predict_x0(fn)
+
+
+def test_ddim_step_checker():
+    from course_lib.exercises import check_ddim_step
+
+    def x0_of(x_t, eps, ab):
+        return (x_t - (1 - ab) ** 0.5 * eps) / ab**0.5
+
+    check_ddim_step(lambda x_t, eps, ab, ab_prev: ab_prev**0.5 * x0_of(x_t, eps, ab) + (1 - ab_prev) ** 0.5 * eps)
+    wrong = (
+        lambda x_t, eps, ab, ab_prev: ab**0.5 * x0_of(x_t, eps, ab) + (1 - ab) ** 0.5 * eps,  # stays at t
+        lambda x_t, eps, ab, ab_prev: ab_prev**0.5 * x0_of(x_t, eps, ab),  # drops the eps direction
+        lambda x_t, eps, ab, ab_prev: x_t - (1 - ab_prev) ** 0.5 * eps,  # ad-hoc subtraction
+    )
+    for fn in wrong:
+        with pytest.raises(AssertionError):
+            check_ddim_step(fn)

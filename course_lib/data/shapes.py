@@ -263,11 +263,21 @@ def random_attributes(rng: np.random.Generator) -> Attributes:
 
 # ---- the dataset ------------------------------------------------------------------------------------
 
-class ShapesDataset(Dataset):
-    """Captioned shapes images; ds[i] -> (image (3, H, W) in [-1, 1], caption, Attributes)."""
+# (shape, color) pairs that the text-conditioned models never see in training, one per shape: prompts
+# naming them test whether a model composes words it learned separately ("unseen combinations").
+HELD_OUT_PAIRS = (("circle", "purple"), ("square", "cyan"), ("triangle", "orange"),
+                  ("star", "green"), ("heart", "blue"), ("diamond", "red"))
 
-    def __init__(self, size: int = 32, n: int = 1000, seed: int = 0):
+
+class ShapesDataset(Dataset):
+    """Captioned shapes images; ds[i] -> (image (3, H, W) in [-1, 1], caption, Attributes).
+
+    exclude: (shape, color) pairs to leave out (e.g. HELD_OUT_PAIRS); such items are redrawn.
+    """
+
+    def __init__(self, size: int = 32, n: int = 1000, seed: int = 0, exclude=()):
         self.size = _check_size(size)
+        exclude = {(Attributes(shape, color).shape, color) for shape, color in exclude}  # ValueError if unknown
         if isinstance(n, bool) or not isinstance(n, (int, np.integer)) or n < 1:
             raise ValueError(f"n must be an int >= 1 (got {n!r})")
         if isinstance(seed, bool) or not isinstance(seed, (int, np.integer)):
@@ -278,7 +288,10 @@ class ShapesDataset(Dataset):
         rng = np.random.default_rng(self.seed)
         self._attrs, self._jitters, self._captions = [], [], []
         for _ in range(self.n):
-            self._attrs.append(random_attributes(rng))
+            attrs = random_attributes(rng)
+            while (attrs.shape, attrs.color) in exclude:  # only consumes extra draws when exclude is non-empty
+                attrs = random_attributes(rng)
+            self._attrs.append(attrs)
             self._jitters.append(Jitter.random(rng))
             self._captions.append(caption(self._attrs[-1], rng=rng))
         self._images = None  # (n, 3, H, W) float32, filled by images()

@@ -1,0 +1,336 @@
+"""A small, readable U-Net noise predictor eps_theta(x_t, t) (Ho et al. 2020, appendix B; Ronneberger et al. 2015).
+
+Layout follows the DDPM / "improved DDPM" U-Net: a down path of ResBlocks (+ self-attention at low resolutions),
+a middle block, and an up path that concatenates the skip activations of the down path. Optional
+cross-attention to conditioning tokens (e.g. CLIP token embeddings) is the Stable Diffusion way of adding text.
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+
+@dataclass
+class UNetConfig:
+    """Shape of a UNet; `asdict(config)` is what checkpoints store."""
+
+    in_channels: int = 3  # image channels of x_t (and of the predicted eps)
+    base_channels: int = 64  # channels at full resolution; level i has base_channels * channel_mult[i]
+    channel_mult: tuple[int, ...] = (1, 2, 2)  # one entry per resolution level; each level after the first halves H, W
+    num_res_blocks: int = 2  # ResBlocks per level on the down path (the up path has one more, for the extra skip)
+    attn_resolutions: tuple[int, ...] = (8,)  # feature-map sizes (for image_size inputs) that get self-attention
+    image_size: int = 32  # training resolution; only used to place attention, other sizes still run
+    num_heads: int = 4  # attention heads (self- and cross-attention)
+    cond_dim: int | None = None  # when set: cross-attention to cond tokens (B, L, cond_dim) at attn_resolutions
+    dropout: float = 0.0  # dropout inside ResBlocks (DDPM used 0.1 on CIFAR-10)
+    groups: int = 8  # GroupNorm groups; must divide every level's channel count
+
+    def __post_init__(self):
+        # JSON round trips turn tuples into lists; normalise so configs compare equal.
+        self.channel_mult = tuple(int(m) for m in self.channel_mult)
+        self.attn_resolutions = tuple(int(r) for r in self.attn_resolutions)
+        if not self.channel_mult:
+            raise ValueError("channel_mult needs at least one level, e.g. (1, 2, 2)")
+        for mult in self.channel_mult:
+            ch = self.base_channels * mult
+            if ch % self.groups or ch % self.num_heads:
+                raise ValueError(f"channels {ch} (base_channels * {mult}) must be divisible by groups={self.groups} "
+                                 f"and num_heads={self.num_heads}")
+
+
+#################################################################################
+#                     Embedding layers for the timestep t                       #
+#################################################################################
+
+def timestep_embedding(t: torch.Tensor, dim: int, max_period: float = 10000.0) -> torch.Tensor:
+    """Sinusoidal embedding of (possibly fractional) timesteps, as in DDPM / Transformer positional encodings.
+
+    Equals diffusers' `get_timestep_embedding(t, dim, flip_sin_to_cos=False, downscale_freq_shift=0)`:
+    [sin(t * f_i), cos(t * f_i)] with frequencies f_i = max_period^(-i / half), i = 0..half-1.
+    """
+    half = dim // 2
+    freqs = torch.exp(-math.log(max_period) * torch.arange(half, dtype=torch.float32, device=t.device) / half)
+    args = t.float()[:, None] * freqs[None, :]  # (B, half)
+    emb = torch.cat([torch.sin(args), torch.cos(args)], dim=-1)  # (B, 2 * half)
+    if dim % 2:
+        emb = F.pad(emb, (0, 1))  # (B, dim)
+    return emb
+
+
+def broadcast_timesteps(t, batch: int, device) -> torch.Tensor:
+    """t as a (batch,) tensor on device: an int or a 0-d / 1-element tensor is shared by the whole batch."""
+    t = torch.as_tensor(t, device=device)
+    if t.ndim == 0 or t.shape == (1,):
+        t = t.reshape(1).expand(batch)  # (B,)
+    if t.shape != (batch,):
+        raise ValueError(f"t must be an int, a scalar tensor or a tensor of shape ({batch},); got {tuple(t.shape)}")
+    return t
+
+
+class TimestepEmbedder(nn.Module):
+    """Sinusoidal features followed by a 2-layer MLP (DDPM's `temb` dense layers)."""
+
+    def __init__(self, freq_dim: int, embed_dim: int):
+        super().__init__()
+        self.freq_dim = freq_dim
+        self.mlp = nn.Sequential(nn.Linear(freq_dim, embed_dim), nn.SiLU(), nn.Linear(embed_dim, embed_dim))
+
+    def forward(self, t: torch.Tensor) -> torch.Tensor:
+        return self.mlp(timestep_embedding(t, self.freq_dim))  # (B, embed_dim)
+
+
+#################################################################################
+#                      Residual, attention and resampling blocks                #
+#################################################################################
+
+class ResBlock(nn.Module):
+    """GroupNorm -> SiLU -> conv, add the time embedding, GroupNorm -> SiLU -> dropout -> conv, plus the skip."""
+
+    def __init__(self, in_ch: int, out_ch: int, temb_dim: int, dropout: float, groups: int):
+        super().__init__()
+        self.norm1 = nn.GroupNorm(groups, in_ch)
+        self.conv1 = nn.Conv2d(in_ch, out_ch, 3, padding=1)
+        self.temb_proj = nn.Linear(temb_dim, out_ch)
+        self.norm2 = nn.GroupNorm(groups, out_ch)
+        self.dropout = nn.Dropout(dropout)
+        self.conv2 = nn.Conv2d(out_ch, out_ch, 3, padding=1)  # zero-init: the block starts as the identity
+        # a 1x1 conv only where the channel count changes, so the residual sum is well-defined
+        self.skip = nn.Conv2d(in_ch, out_ch, 1) if in_ch != out_ch else nn.Identity()
+
+    def forward(self, x: torch.Tensor, temb: torch.Tensor) -> torch.Tensor:
+        h = self.conv1(F.silu(self.norm1(x)))
+        h = h + self.temb_proj(F.silu(temb))[:, :, None, None]  # (B, out_ch, 1, 1) broadcast over H, W
+        h = self.conv2(self.dropout(F.silu(self.norm2(h))))
+        return self.skip(x) + h
+
+
+def _split_heads(z: torch.Tensor, heads: int) -> torch.Tensor:
+    return z.unflatten(-1, (heads, -1)).transpose(1, 2)  # (B, N, C) -> (B, heads, N, C // heads)
+
+
+class SelfAttention(nn.Module):
+    """Multi-head self-attention over the H*W pixels of a feature map (residual, pre-GroupNorm)."""
+
+    def __init__(self, channels: int, num_heads: int, groups: int):
+        super().__init__()
+        self.num_heads = num_heads
+        self.norm = nn.GroupNorm(groups, channels)
+        self.qkv = nn.Linear(channels, 3 * channels)
+        self.proj_out = nn.Linear(channels, channels)  # zero-init
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        B, C, H, W = x.shape
+        tokens = self.norm(x).flatten(2).transpose(1, 2)  # (B, H*W, C)
+        q, k, v = (_split_heads(z, self.num_heads) for z in self.qkv(tokens).chunk(3, dim=-1))
+        out = F.scaled_dot_product_attention(q, k, v)  # (B, heads, H*W, C // heads)
+        out = self.proj_out(out.transpose(1, 2).flatten(2))  # (B, H*W, C)
+        return x + out.transpose(1, 2).reshape(B, C, H, W)
+
+
+class CrossAttention(nn.Module):
+    """Pixels (queries) attend to conditioning tokens (keys/values), as in Stable Diffusion's U-Net.
+
+    `cond_mask` (B, L) is True for real tokens; padding tokens are ignored. A sample whose mask is all False
+    (or `cond=None`) gets no contribution at all, the same as an unconditional model.
+    """
+
+    def __init__(self, channels: int, cond_dim: int, num_heads: int, groups: int):
+        super().__init__()
+        self.num_heads = num_heads
+        self.norm = nn.GroupNorm(groups, channels)
+        self.to_q = nn.Linear(channels, channels)
+        self.to_kv = nn.Linear(cond_dim, 2 * channels)
+        self.proj_out = nn.Linear(channels, channels)  # zero-init
+
+    def forward(self, x: torch.Tensor, cond: torch.Tensor, cond_mask: torch.Tensor | None) -> torch.Tensor:
+        B, C, H, W = x.shape
+        q = _split_heads(self.to_q(self.norm(x).flatten(2).transpose(1, 2)), self.num_heads)  # (B, heads, HW, d)
+        k, v = (_split_heads(z, self.num_heads) for z in self.to_kv(cond).chunk(2, dim=-1))  # (B, heads, L, d)
+        attn_mask = None
+        if cond_mask is not None:
+            # A row with no valid token would softmax over nothing (NaN); let it attend everywhere here
+            # and zero its output below, which keeps forward and backward finite.
+            has_tokens = cond_mask.any(dim=1)  # (B,)
+            attn_mask = (cond_mask | ~has_tokens[:, None])[:, None, None, :]  # (B, 1, 1, L)
+        out = F.scaled_dot_product_attention(q, k, v, attn_mask=attn_mask)  # (B, heads, HW, d)
+        out = self.proj_out(out.transpose(1, 2).flatten(2))  # (B, HW, C)
+        if cond_mask is not None:
+            out = out * has_tokens[:, None, None].to(out.dtype)  # no tokens: add nothing (not even proj's bias)
+        return x + out.transpose(1, 2).reshape(B, C, H, W)
+
+
+class ResAttnBlock(nn.Module):
+    """One U-Net layer: a ResBlock, then (optionally) self-attention and cross-attention."""
+
+    def __init__(self, in_ch: int, out_ch: int, temb_dim: int, cfg: UNetConfig, attention: bool):
+        super().__init__()
+        self.res = ResBlock(in_ch, out_ch, temb_dim, cfg.dropout, cfg.groups)
+        self.attn = SelfAttention(out_ch, cfg.num_heads, cfg.groups) if attention else None
+        use_cross = attention and cfg.cond_dim is not None
+        self.cross = CrossAttention(out_ch, cfg.cond_dim, cfg.num_heads, cfg.groups) if use_cross else None
+
+    def forward(self, h, temb, cond=None, cond_mask=None):
+        h = self.res(h, temb)
+        if self.attn is not None:
+            h = self.attn(h)
+        if self.cross is not None and cond is not None:
+            h = self.cross(h, cond, cond_mask)
+        return h
+
+
+class Downsample(nn.Module):
+    """Halve H and W with a strided 3x3 conv (DDPM's `resamp_with_conv`)."""
+
+    def __init__(self, channels: int):
+        super().__init__()
+        self.conv = nn.Conv2d(channels, channels, 3, stride=2, padding=1)
+
+    def forward(self, h, *unused):
+        return self.conv(h)  # (B, C, H/2, W/2)
+
+
+class Upsample(nn.Module):
+    """Double H and W: nearest-neighbour upsampling then a 3x3 conv (avoids checkerboard artifacts)."""
+
+    def __init__(self, channels: int):
+        super().__init__()
+        self.conv = nn.Conv2d(channels, channels, 3, padding=1)
+
+    def forward(self, h, *unused):
+        return self.conv(F.interpolate(h, scale_factor=2.0, mode="nearest"))  # (B, C, 2H, 2W)
+
+
+#################################################################################
+#                                 The U-Net                                     #
+#################################################################################
+
+class UNet(nn.Module):
+    """The eps-prediction U-Net of DDPM (Ho et al. 2020), optionally text-conditioned by cross-attention."""
+
+    kind = "unet"  # key in course_lib.models.MODELS, stored in checkpoints
+    config_class = UNetConfig
+
+    def __init__(self, config: UNetConfig):
+        super().__init__()
+        self.config = cfg = config
+        temb_dim = 4 * cfg.base_channels
+        self.time_embed = TimestepEmbedder(cfg.base_channels, temb_dim)
+        self.conv_in = nn.Conv2d(cfg.in_channels, cfg.base_channels, 3, padding=1)
+
+        # Down path: every layer's output is saved as a skip for the up path.
+        self.down = nn.ModuleList()
+        skip_channels, ch, res = [cfg.base_channels], cfg.base_channels, cfg.image_size
+        for level, mult in enumerate(cfg.channel_mult):
+            for _ in range(cfg.num_res_blocks):
+                attention = res in cfg.attn_resolutions
+                self.down.append(ResAttnBlock(ch, cfg.base_channels * mult, temb_dim, cfg, attention))
+                ch = cfg.base_channels * mult
+                skip_channels.append(ch)
+            if level < len(cfg.channel_mult) - 1:
+                self.down.append(Downsample(ch))
+                skip_channels.append(ch)
+                res //= 2
+
+        # Middle: attention always runs at the lowest resolution, where it is cheapest.
+        self.mid = nn.ModuleList([ResAttnBlock(ch, ch, temb_dim, cfg, attention=True),
+                                  ResAttnBlock(ch, ch, temb_dim, cfg, attention=False)])
+
+        # Up path: mirror image, each ResAttnBlock consumes one skip (concatenated on channels).
+        self.up = nn.ModuleList()
+        for level, mult in reversed(list(enumerate(cfg.channel_mult))):
+            for _ in range(cfg.num_res_blocks + 1):
+                in_ch, attention = ch + skip_channels.pop(), res in cfg.attn_resolutions
+                self.up.append(ResAttnBlock(in_ch, cfg.base_channels * mult, temb_dim, cfg, attention))
+                ch = cfg.base_channels * mult
+            if level > 0:
+                self.up.append(Upsample(ch))
+                res *= 2
+
+        self.norm_out = nn.GroupNorm(cfg.groups, ch)
+        self.conv_out = nn.Conv2d(ch, cfg.in_channels, 3, padding=1)
+        self.initialize_weights()
+
+    def initialize_weights(self):
+        """PyTorch default init, except zeros for every layer that writes into a residual stream and the output.
+
+        Every residual block then starts as the identity and the network starts by predicting eps = 0,
+        which keeps early training stable (as in DDPM's `zero_module` / Improved DDPM / DiT's adaLN-Zero).
+        """
+        zero = [self.conv_out]
+        for module in self.modules():
+            if isinstance(module, ResBlock):
+                zero.append(module.conv2)
+            elif isinstance(module, (SelfAttention, CrossAttention)):
+                zero.append(module.proj_out)
+        for layer in zero:
+            nn.init.zeros_(layer.weight)
+            nn.init.zeros_(layer.bias)
+
+    def _check_inputs(self, x_t, t, cond, cond_mask) -> torch.Tensor:
+        cfg = self.config
+        factor = 2 ** (len(cfg.channel_mult) - 1)
+        if x_t.ndim != 4 or x_t.shape[1] != cfg.in_channels or x_t.shape[2] % factor or x_t.shape[3] % factor:
+            raise ValueError(f"x_t must have shape (B, {cfg.in_channels}, H, W) with H and W divisible by {factor}, "
+                             f"e.g. (B, {cfg.in_channels}, {cfg.image_size}, {cfg.image_size}); got {tuple(x_t.shape)}")
+        B = x_t.shape[0]
+        t = broadcast_timesteps(t, B, x_t.device)
+        if cond is None:
+            if cond_mask is not None:
+                raise ValueError("cond_mask was given without cond")
+            return t
+        if cfg.cond_dim is None:
+            raise ValueError("this UNet has no cross-attention (config.cond_dim is None), so it takes no cond; "
+                             "build it with cond_dim set, e.g. unet_small_cond(cond_dim=512)")
+        if cond.ndim != 3 or cond.shape[0] != B or cond.shape[2] != cfg.cond_dim:
+            raise ValueError(f"cond must have shape ({B}, L, {cfg.cond_dim}); got {tuple(cond.shape)}")
+        if cond_mask is not None and (cond_mask.shape != cond.shape[:2] or cond_mask.dtype != torch.bool):
+            raise ValueError(f"cond_mask must be a bool tensor of shape {tuple(cond.shape[:2])} (True = real token); "
+                             f"got {cond_mask.dtype} {tuple(cond_mask.shape)}")
+        return t
+
+    def forward(self, x_t: torch.Tensor, t, cond: torch.Tensor | None = None,
+                cond_mask: torch.Tensor | None = None) -> torch.Tensor:
+        """Predict the noise eps in x_t = sqrt(alpha_bar_t) x0 + sqrt(1 - alpha_bar_t) eps (Ho et al. 2020, eq. 4)."""
+        t = self._check_inputs(x_t, t, cond, cond_mask)
+        temb = self.time_embed(t)  # (B, 4 * base_channels)
+        if cond is not None:
+            cond = cond.to(x_t.dtype)
+
+        h = self.conv_in(x_t)  # (B, base_channels, H, W)
+        skips = [h]
+        for layer in self.down:
+            h = layer(h, temb, cond, cond_mask)
+            skips.append(h)
+        for layer in self.mid:
+            h = layer(h, temb, cond, cond_mask)
+        for layer in self.up:
+            if isinstance(layer, ResAttnBlock):
+                h = torch.cat([h, skips.pop()], dim=1)  # (B, C + C_skip, H, W)
+            h = layer(h, temb, cond, cond_mask)
+        return self.conv_out(F.silu(self.norm_out(h)))  # (B, in_channels, H, W)
+
+
+#################################################################################
+#                                  Presets                                      #
+#################################################################################
+
+def unet_tiny(**overrides) -> UNet:
+    """~0.3M parameters: trains a little in about a minute on a laptop CPU."""
+    return UNet(UNetConfig(**{**dict(base_channels=16, channel_mult=(1, 2, 2), num_res_blocks=1,
+                                     attn_resolutions=(8,), num_heads=4), **overrides}))
+
+
+def unet_small(**overrides) -> UNet:
+    """The shipped `shapes32-unet` (~2.7M parameters): a 4-image 32x32 forward pass takes ~45 ms on 2 CPU cores,
+    so 20-step sampling runs interactively in a notebook."""
+    return UNet(UNetConfig(**{**dict(base_channels=32, channel_mult=(1, 2, 4), num_res_blocks=1,
+                                     attn_resolutions=(8,), num_heads=4, dropout=0.1), **overrides}))
+
+
+def unet_small_cond(cond_dim: int = 512, **overrides) -> UNet:
+    """`unet_small` plus cross-attention to (B, L, cond_dim) tokens, e.g. CLIP text token embeddings."""
+    return unet_small(cond_dim=cond_dim, **overrides)

@@ -1,0 +1,138 @@
+"""Shipped checkpoints: `data/checkpoints/<name>.safetensors` (fp16 weights) + `<name>.json` (how to rebuild them).
+
+Weights are only ever read with safetensors (no pickle, so loading cannot run code). Every failure names the
+file and the command that recreates it: `python -m course_lib.train <name>`.
+"""
+from __future__ import annotations
+
+import dataclasses
+import datetime
+import json
+import os
+import re
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+import torch.nn as nn
+from safetensors import SafetensorError
+from safetensors.torch import load_file, save_file
+
+import course_lib
+from course_lib.models import build_model
+from course_lib.schedules import NoiseSchedule
+
+CHECKPOINT_DIR = Path(__file__).parents[1] / "data" / "checkpoints"
+_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
+
+
+class CheckpointError(RuntimeError):
+    """A checkpoint exists but cannot be used (corrupted file, or weights that do not fit the config)."""
+
+
+class CheckpointNotFoundError(FileNotFoundError):
+    """A checkpoint's weights or JSON file is missing."""
+
+
+@dataclass
+class Pretrained:
+    """A loaded checkpoint: the model (eval mode, on its device), its noise schedule and the JSON metadata."""
+
+    model: nn.Module  # eps_theta(x_t, t[, cond, cond_mask])
+    schedule: NoiseSchedule  # the schedule it was trained with
+    meta: dict  # the checkpoint's JSON: name, kind, config, data, steps, final_loss, metrics, command, ...
+
+
+def _retrain(name: str) -> str:
+    return f"retrain it with: python -m course_lib.train {name}"
+
+
+def _paths(name: str, directory) -> tuple[Path, Path]:
+    if not isinstance(name, str) or not _NAME.match(name):
+        raise ValueError(f"checkpoint name must be letters, digits, '-', '_' or '.' (e.g. 'shapes32-unet'); "
+                         f"got {name!r}")
+    directory = Path(directory) if directory is not None else CHECKPOINT_DIR
+    return directory / f"{name}.safetensors", directory / f"{name}.json"
+
+
+def _write_atomic(path: Path, write) -> None:
+    """write(tmp_path) then rename over path, so a reader never sees half a file."""
+    tmp = path.with_name(path.name + ".tmp")
+    write(tmp)
+    os.replace(tmp, path)
+
+
+def save(name: str, model: nn.Module, *, kind: str | None = None, config=None, schedule_name: str,
+         meta: dict | None = None, directory=None, num_train_timesteps: int = 1000) -> Path:
+    """Write `<name>.safetensors` (fp16) and `<name>.json`; kind/config default to the model's own."""
+    weights_path, json_path = _paths(name, directory)
+    kind = kind if kind is not None else model.kind
+    config = config if config is not None else model.config
+    if dataclasses.is_dataclass(config):
+        config = dataclasses.asdict(config)
+    meta = dict(meta or {})
+    info = {
+        "name": name, "kind": kind, "config": config,
+        "schedule": {"name": schedule_name, "num_train_timesteps": num_train_timesteps},
+        "data": meta.pop("data", None), "steps": meta.pop("steps", None), "final_loss": meta.pop("final_loss", None),
+        "metrics": meta.pop("metrics", {}), "command": meta.pop("command", None),
+        "library_version": course_lib.__version__,
+        "created": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+        **meta,  # anything else the caller wants to keep
+    }
+    # fp16 halves the files; every weight of these small nets is far inside fp16's range.
+    tensors = {k: v.detach().to("cpu", torch.float16).contiguous() for k, v in model.state_dict().items()}
+    weights_path.parent.mkdir(parents=True, exist_ok=True)
+    _write_atomic(weights_path, lambda tmp: save_file(tensors, str(tmp), metadata={"name": name}))
+    _write_atomic(json_path, lambda tmp: tmp.write_text(json.dumps(info, indent=2) + "\n"))
+    return weights_path
+
+
+def load(name: str, device=None, directory=None) -> Pretrained:
+    """Rebuild the model from `<name>.json`, load the fp16 weights as float32, move to device, eval mode."""
+    weights_path, json_path = _paths(name, directory)
+    missing = [str(p) for p in (json_path, weights_path) if not p.exists()]
+    if missing:
+        raise CheckpointNotFoundError(f"checkpoint {name!r} not found: missing {', '.join(missing)}; {_retrain(name)}"
+                                      f" (available here: {list_checkpoints(weights_path.parent) or 'none'})")
+    try:
+        meta = json.loads(json_path.read_text())
+        kind, config, schedule_info = meta["kind"], meta["config"], meta["schedule"]
+    except (OSError, UnicodeDecodeError, ValueError, KeyError, TypeError) as e:
+        raise CheckpointError(f"cannot read {json_path} ({type(e).__name__}: {e}); {_retrain(name)}") from e
+    try:
+        model = build_model(kind, config)
+        schedule = NoiseSchedule.from_name(schedule_info["name"], schedule_info["num_train_timesteps"])
+    except (ValueError, KeyError, TypeError) as e:
+        raise CheckpointError(f"{json_path} describes no valid model/schedule ({e}); {_retrain(name)}") from e
+    try:
+        state = load_file(str(weights_path))
+    except (SafetensorError, OSError, ValueError, RuntimeError) as e:
+        raise CheckpointError(f"cannot read weights {weights_path} ({type(e).__name__}: {e}); "
+                              f"the file is corrupted or truncated; {_retrain(name)}") from e
+    check_state_matches(weights_path, model, state, _retrain(name))
+    model.load_state_dict({k: v.float() for k, v in state.items()})
+    device = torch.device(device) if device is not None else course_lib.device()
+    return Pretrained(model.to(device).eval(), schedule, meta)
+
+
+def list_checkpoints(directory=None) -> list[str]:
+    """Names of the checkpoints (both files present) in directory (default CHECKPOINT_DIR)."""
+    directory = Path(directory) if directory is not None else CHECKPOINT_DIR
+    if not directory.is_dir():
+        return []
+    return sorted(p.stem for p in directory.glob("*.safetensors") if p.with_suffix(".json").exists())
+
+
+def check_state_matches(path, model: nn.Module, state: dict, hint: str) -> None:
+    """CheckpointError naming a few missing / unexpected / mis-shaped keys if `state` does not fit `model`."""
+    expected = model.state_dict()
+    missing = [k for k in expected if k not in state]
+    unexpected = [k for k in state if k not in expected]
+    shapes = [f"{k}: file {tuple(state[k].shape)} vs model {tuple(v.shape)}" for k, v in expected.items()
+              if k in state and state[k].shape != v.shape]
+    if missing or unexpected or shapes:
+        problems = [f"{label} {keys[:5]}" + (f" (+{len(keys) - 5} more)" if len(keys) > 5 else "")
+                    for label, keys in (("missing keys", missing), ("unexpected keys", unexpected),
+                                        ("shape mismatches", shapes)) if keys]
+        raise CheckpointError(f"weights in {path} do not match the model config: {'; '.join(problems)}; {hint}")

@@ -1,0 +1,88 @@
+"""Training recipes: everything needed to recreate a shipped checkpoint with `python -m course_lib.train <name>`."""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import torch
+
+from course_lib import models
+from course_lib.data import ShapesDataset, toy2d
+from course_lib.training import TrainConfig
+
+DATASETS = ("shapes", "toy2d")
+
+
+@dataclass
+class DataSpec:
+    """Which training data to generate (procedurally, so a recipe needs no downloads)."""
+
+    dataset: str  # "shapes" (ShapesDataset images) or "toy2d" (2-D points)
+    n: int  # number of training examples
+    seed: int = 0  # data seed: same seed, same data
+    size: int | None = None  # image size for "shapes"; None for points
+    name: str | None = None  # toy2d dataset name ("moons", "swiss_roll", "8gaussians"); None for images
+
+    def __post_init__(self):
+        if self.dataset not in DATASETS:
+            raise ValueError(f"unknown dataset {self.dataset!r}; valid datasets: {', '.join(DATASETS)}")
+
+
+@dataclass
+class Recipe:
+    """A named training run: model preset, noise schedule, data, hyper-parameters and preview settings."""
+
+    name: str  # checkpoint name, e.g. "shapes32-unet"
+    model: str  # factory in course_lib.models.FACTORIES, e.g. "unet_small"
+    schedule: str  # NoiseSchedule.from_name name, e.g. "linear"
+    data: DataSpec  # training data
+    train: TrainConfig  # optimisation hyper-parameters
+    num_train_timesteps: int = 1000  # T of the noise schedule
+    sample_steps: int = 50  # DDIM steps for the preview written next to the checkpoint
+    description: str = ""  # one line for humans
+    model_kwargs: dict = field(default_factory=dict)  # overrides passed to the model factory
+
+    def build_model(self) -> torch.nn.Module:
+        """A freshly initialised model of this recipe's preset."""
+        return models.FACTORIES[self.model](**self.model_kwargs)
+
+
+def load_data(spec: DataSpec) -> torch.Tensor:
+    """The training tensor: images (n, 3, size, size) in [-1, 1] or points (n, 2)."""
+    if spec.dataset == "shapes":
+        return ShapesDataset(size=spec.size, n=spec.n, seed=spec.seed).images()
+    return toy2d(spec.name, n=spec.n, seed=spec.seed)
+
+
+RECIPES: dict[str, Recipe] = {
+    r.name: r
+    for r in [
+        Recipe(
+            name="shapes32-unet",
+            model="unet_small",
+            schedule="linear",
+            data=DataSpec("shapes", n=20000, seed=0, size=32),
+            # GPU-sized: 8000 x 256 = 2M images (~100 epochs); about 10 minutes on one modern GPU.
+            train=TrainConfig(steps=8000, batch_size=256, lr=3e-4, weight_decay=0.0, warmup=500,
+                              lr_schedule="cosine", ema_decay=0.999, grad_clip=1.0, seed=0, ckpt_every=1000,
+                              log_every=50),
+            description="unconditional 32x32 shapes U-Net (DDPM linear schedule, T=1000)",
+        ),
+        Recipe(
+            name="toy2d-mlp",
+            model="mlp_2d",
+            schedule="linear",
+            data=DataSpec("toy2d", n=10000, seed=0, name="moons"),
+            # CPU-sized: a few seconds.
+            train=TrainConfig(steps=3000, batch_size=256, lr=1e-3, warmup=100, lr_schedule="cosine",
+                              ema_decay=0.995, grad_clip=1.0, seed=0, ckpt_every=1000, log_every=50),
+            description="2-D 'moons' point cloud MLP (DDPM linear schedule, T=1000)",
+        ),
+    ]
+}
+
+
+def get_recipe(name: str) -> Recipe:
+    """The recipe called `name`; ValueError listing the recipes otherwise."""
+    if name not in RECIPES:
+        raise ValueError(f"unknown recipe {name!r}; valid recipes: {', '.join(RECIPES)}")
+    return RECIPES[name]

@@ -1,0 +1,128 @@
+"""Recreate a shipped checkpoint: `python -m course_lib.train RECIPE [--out DIR] [--steps N] [--batch-size N]`.
+
+(`--device D` picks the device; default `course_lib.device()`.)
+
+Trains the recipe (resuming from `<out>/<name>.train.safetensors` if a previous run was interrupted), saves the
+EMA weights with `course_lib.pretrained.save`, and writes `<name>.png`, a preview of samples (DDIM, 50 steps).
+"""
+from __future__ import annotations
+
+import dataclasses
+import platform
+import shlex
+import sys
+from pathlib import Path
+
+import numpy as np
+import torch
+
+import course_lib
+from course_lib import pretrained
+from course_lib.recipes import RECIPES, Recipe, get_recipe, load_data
+from course_lib.samplers import ddim, make_timesteps
+from course_lib.schedules import NoiseSchedule
+from course_lib.training import TrainConfig, train
+
+
+def device_name(device: torch.device) -> str:
+    """A human-readable name of the training hardware, for the checkpoint's metrics."""
+    if device.type == "cuda":
+        return torch.cuda.get_device_name(device)
+    return f"{device.type} ({platform.processor() or platform.machine()}, {torch.get_num_threads()} threads)"
+
+
+@torch.no_grad()
+def sample_preview(model, schedule, recipe: Recipe, n: int, device, seed: int = 0) -> torch.Tensor:
+    """n samples with DDIM (eta = 0, `recipe.sample_steps` trailing steps), on the CPU, in [-1, 1] for images."""
+    shape = (n, 3, recipe.data.size, recipe.data.size) if recipe.data.dataset == "shapes" else (n, 2)
+    generator = torch.Generator(device="cpu").manual_seed(seed)
+    x = torch.randn(shape, generator=generator).to(device)
+    timesteps = make_timesteps(schedule, recipe.sample_steps)
+    return ddim(model.eval(), x, schedule, timesteps, generator=generator).float().cpu()
+
+
+def save_preview(samples: torch.Tensor, path: Path, reference: torch.Tensor | None = None) -> None:
+    """Images -> a 4x4 PNG grid (4x nearest upscale); points -> a scatter plot next to the data."""
+    if samples.ndim == 4:
+        from course_lib.widgets.display import grid, png_bytes
+
+        path.write_bytes(png_bytes(grid(samples, nrow=int(np.ceil(np.sqrt(len(samples))))), scale=4))
+        return
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(4, 4), dpi=100)
+    if reference is not None:
+        ax.scatter(*reference[:2000].T.numpy(), s=2, c="0.75", label="data")
+    ax.scatter(*samples.T.numpy(), s=2, c="C0", label="samples")
+    ax.set_aspect("equal")
+    ax.legend(loc="upper right", markerscale=4)
+    fig.tight_layout()
+    fig.savefig(path)
+    plt.close(fig)
+
+
+def run(recipe: Recipe, *, out=None, steps=None, batch_size=None, device=None, command=None,
+        progress=True) -> Path:
+    """Train `recipe`, save its EMA weights + JSON + preview PNG in `out`; returns the weights path."""
+    out = Path(out) if out is not None else pretrained.CHECKPOINT_DIR
+    overrides = {k: v for k, v in (("steps", steps), ("batch_size", batch_size)) if v is not None}
+    config: TrainConfig = dataclasses.replace(recipe.train, **overrides)
+    device = torch.device(device) if device is not None else course_lib.device()
+    if device.type == "cuda":
+        torch.backends.cudnn.benchmark = True  # fixed input shapes: let cuDNN pick the fastest conv kernels
+    torch.manual_seed(config.seed)  # the model's initial weights
+    model = recipe.build_model()
+    schedule = NoiseSchedule.from_name(recipe.schedule, recipe.num_train_timesteps)
+    data = load_data(recipe.data)
+    state_path = out / f"{recipe.name}.train.safetensors"  # resumable training state, removed on success
+
+    print(f"training {recipe.name}: {sum(p.numel() for p in model.parameters()) / 1e6:.2f}M parameters, "
+          f"{config.steps} steps x {config.batch_size} on {device_name(device)}")
+    result = train(model, schedule, data, config, ckpt_path=state_path, device=device, progress=progress)
+    tail = result.history[-100:]
+    metrics = {"train_images_per_s": round(result.images_per_s, 1), "device": device_name(device)}
+    meta = {"data": dataclasses.asdict(recipe.data), "steps": result.steps,
+            "final_loss": sum(tail) / len(tail),  # mean of the last 100 steps: one step's loss is very noisy
+            "metrics": metrics, "command": command, "train_config": dataclasses.asdict(config)}
+    weights = pretrained.save(recipe.name, result.ema, schedule_name=recipe.schedule, meta=meta, directory=out,
+                              num_train_timesteps=recipe.num_train_timesteps)
+    samples = sample_preview(result.ema, schedule, recipe, 16 if recipe.data.dataset == "shapes" else 2000, device)
+    save_preview(samples, out / f"{recipe.name}.png", reference=data if data.ndim == 2 else None)
+    state_path.unlink(missing_ok=True)
+    print(f"saved {weights} (+ .json, .png); final loss {meta['final_loss']:.4f}; "
+          f"throughput {result.images_per_s:.0f} images/s on {metrics['device']}")
+    return weights
+
+
+def main(argv: list[str] | None = None) -> None:
+    """Command-line entry point."""
+    import argparse
+
+    argv = sys.argv[1:] if argv is None else argv
+    parser = argparse.ArgumentParser(prog="python -m course_lib.train", description=__doc__.splitlines()[0])
+    parser.add_argument("recipe", help=f"one of: {', '.join(RECIPES)}")
+    parser.add_argument("--out", default=None, help=f"output directory (default {pretrained.CHECKPOINT_DIR})")
+    parser.add_argument("--steps", type=int, default=None, help="override the recipe's number of steps")
+    parser.add_argument("--batch-size", type=int, default=None, help="override the recipe's batch size")
+    parser.add_argument("--device", default=None, help="cpu, cuda, cuda:1, mps (default: course_lib.device())")
+    args = parser.parse_args(argv)
+    try:
+        recipe = get_recipe(args.recipe)
+    except ValueError as e:
+        parser.error(str(e))
+    if args.device is not None:
+        try:
+            device = torch.device(args.device)
+        except RuntimeError:
+            parser.error(f"--device {args.device!r} is not a device; use cpu, cuda, cuda:0 or mps")
+        if device.type == "cuda" and not torch.cuda.is_available():
+            parser.error("--device cuda, but CUDA is not available here; use --device cpu")
+    command = shlex.join(["python", "-m", "course_lib.train", *argv])
+    run(recipe, out=args.out, steps=args.steps, batch_size=args.batch_size, device=args.device, command=command)
+
+
+if __name__ == "__main__":
+    main()

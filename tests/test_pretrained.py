@@ -1,0 +1,152 @@
+"""course_lib.pretrained: fp16 safetensors round trip, and clear errors for missing / corrupted / mismatched files."""
+import json
+import re
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors import safe_open
+
+import course_lib
+from course_lib import pretrained
+from course_lib.models import UNet, unet_tiny
+from course_lib.pretrained import CheckpointError, CheckpointNotFoundError, list_checkpoints, load, save
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def trained_looking_unet(seed: int = 0) -> UNet:
+    """unet_tiny with every weight random (as after training), so the round trip checks every tensor."""
+    model = unet_tiny(attn_resolutions=(16,))
+    g = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for p in model.parameters():
+            p.copy_(torch.randn(p.shape, generator=g) * 0.1)
+    return model.eval()
+
+
+@pytest.fixture
+def saved(tmp_path):
+    model = trained_looking_unet()
+    meta = {"data": {"dataset": "shapes", "size": 32, "n": 100, "seed": 0}, "steps": 7, "final_loss": 0.1,
+            "metrics": {"train_images_per_s": 12.5}, "command": "python -m course_lib.train tiny"}
+    save("tiny", model, schedule_name="cosine", meta=meta, directory=tmp_path, num_train_timesteps=500)
+    return model, tmp_path
+
+
+def test_checkpoint_dir_is_in_the_repo():
+    assert pretrained.CHECKPOINT_DIR == REPO / "data" / "checkpoints"
+
+
+def test_round_trip_fp16_on_disk_float32_in_memory(saved):
+    model, directory = saved
+    with safe_open(str(directory / "tiny.safetensors"), framework="pt") as f:
+        assert {f.get_tensor(k).dtype for k in f.keys()} == {torch.float16}
+    loaded = load("tiny", device="cpu", directory=directory)
+    assert isinstance(loaded.model, UNet) and not loaded.model.training
+    assert loaded.model.config == model.config
+    assert loaded.schedule.name == "cosine" and loaded.schedule.num_train_timesteps == 500
+    for (name, p), q in zip(loaded.model.state_dict().items(), model.state_dict().values()):
+        assert p.dtype == torch.float32
+        torch.testing.assert_close(p, q, rtol=1e-3, atol=1e-4, msg=name)  # fp16 keeps ~3 decimal digits
+    x = torch.randn(2, 3, 16, 16)
+    with torch.no_grad():
+        torch.testing.assert_close(loaded.model(x, 40), model(x, 40), rtol=0.02, atol=0.02)
+    meta = loaded.meta
+    assert meta["name"] == "tiny" and meta["kind"] == "unet" and meta["steps"] == 7
+    assert meta["data"] == {"dataset": "shapes", "size": 32, "n": 100, "seed": 0}
+    assert meta["metrics"] == {"train_images_per_s": 12.5} and meta["final_loss"] == 0.1
+    assert meta["command"] == "python -m course_lib.train tiny"
+    assert meta["library_version"] == course_lib.__version__
+    assert re.match(r"\d{4}-\d\d-\d\dT", meta["created"])
+    assert meta["schedule"] == {"name": "cosine", "num_train_timesteps": 500}
+    assert list_checkpoints(directory) == ["tiny"]
+    assert not list(directory.glob("*.tmp"))  # atomic writes leave no temp files behind
+
+
+def test_missing_checkpoint_says_how_to_retrain(tmp_path):
+    with pytest.raises(CheckpointNotFoundError) as err:
+        load("shapes32-unet", directory=tmp_path)
+    assert isinstance(err.value, FileNotFoundError)
+    message = str(err.value)
+    assert "retrain it with: python -m course_lib.train shapes32-unet" in message
+    assert str(tmp_path / "shapes32-unet.safetensors") in message
+
+
+def test_missing_weights_file_alone_is_reported(saved):
+    _, directory = saved
+    (directory / "tiny.safetensors").unlink()
+    with pytest.raises(CheckpointNotFoundError, match=r"tiny\.safetensors.*python -m course_lib.train tiny"):
+        load("tiny", directory=directory)
+
+
+@pytest.mark.parametrize("damage", ["truncate", "garbage"])
+def test_corrupted_weights_name_the_file(saved, damage):
+    _, directory = saved
+    path = directory / "tiny.safetensors"
+    data = path.read_bytes()
+    path.write_bytes(data[: len(data) // 2] if damage == "truncate" else b"\x13\x37" * 500)
+    with pytest.raises(CheckpointError, match="corrupted") as err:
+        load("tiny", directory=directory)
+    assert str(path) in str(err.value) and "python -m course_lib.train tiny" in str(err.value)
+
+
+def test_corrupted_json_names_the_file(saved):
+    _, directory = saved
+    (directory / "tiny.json").write_text('{"name": "tiny", "kind": ')
+    with pytest.raises(CheckpointError, match=re.escape(str(directory / "tiny.json"))):
+        load("tiny", directory=directory)
+
+
+@pytest.mark.parametrize("change, fragment", [({"base_channels": 32}, "shape mismatches"),
+                                              ({"num_res_blocks": 2}, "missing keys"),
+                                              ({"attn_resolutions": []}, "unexpected keys")])
+def test_weights_not_matching_the_config_list_offending_keys(saved, change, fragment):
+    _, directory = saved
+    info = json.loads((directory / "tiny.json").read_text())
+    info["config"].update(change)
+    (directory / "tiny.json").write_text(json.dumps(info))
+    with pytest.raises(CheckpointError, match="do not match the model config") as err:
+        load("tiny", directory=directory)
+    assert fragment in str(err.value) and str(directory / "tiny.safetensors") in str(err.value)
+    assert re.search(r"'(down|up|mid|time_embed|conv_in)\.", str(err.value))  # names actual keys
+
+
+def test_unknown_config_field_is_a_checkpoint_error(saved):
+    _, directory = saved
+    info = json.loads((directory / "tiny.json").read_text())
+    info["config"]["width"] = 3
+    (directory / "tiny.json").write_text(json.dumps(info))
+    with pytest.raises(CheckpointError, match="width"):
+        load("tiny", directory=directory)
+
+
+def test_bad_names_are_rejected(tmp_path):
+    with pytest.raises(ValueError, match="checkpoint name"):
+        save("../evil", unet_tiny(), schedule_name="linear", directory=tmp_path)
+
+
+def test_library_never_unpickles():
+    """Weights come only through safetensors: no torch.load, no pickle anywhere in course_lib."""
+    offenders = [f"{path.relative_to(REPO)}: {line.strip()}"
+                 for path in (REPO / "course_lib").rglob("*.py")
+                 for line in path.read_text().splitlines()
+                 if re.search(r"torch\.load\(|\bimport pickle\b|\bpickle\.|\bdill\b|weights_only", line)]
+    assert offenders == []
+
+
+def test_train_cli_writes_a_loadable_checkpoint_and_preview(tmp_path, capsys):
+    from course_lib.train import main
+
+    main(["toy2d-mlp", "--steps", "30", "--batch-size", "64", "--device", "cpu", "--out", str(tmp_path)])
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["toy2d-mlp.json", "toy2d-mlp.png", "toy2d-mlp.safetensors"]
+    assert (tmp_path / "toy2d-mlp.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    loaded = load("toy2d-mlp", device="cpu", directory=tmp_path)
+    meta = loaded.meta
+    expected = f"python -m course_lib.train toy2d-mlp --steps 30 --batch-size 64 --device cpu --out {tmp_path}"
+    assert meta["command"] == expected
+    assert meta["steps"] == 30 and meta["data"]["dataset"] == "toy2d" and meta["metrics"]["train_images_per_s"] > 0
+    assert "images/s" in capsys.readouterr().out
+    with pytest.raises(SystemExit):
+        main(["no-such-recipe"])
+    assert "valid recipes: shapes32-unet, toy2d-mlp" in capsys.readouterr().err
