@@ -38,8 +38,8 @@ class CheckpointNotFoundError(FileNotFoundError):
 class Pretrained:
     """A loaded checkpoint: the model (eval mode, on its device), its noise schedule and the JSON metadata."""
 
-    model: nn.Module  # eps_theta(x_t, t[, cond, cond_mask])
-    schedule: NoiseSchedule  # the schedule it was trained with
+    model: nn.Module  # eps_theta(x_t, t[, cond, cond_mask]), or a helper model such as the shapes classifier
+    schedule: NoiseSchedule | None  # the schedule a denoiser was trained with; None for models without one
     meta: dict  # the checkpoint's JSON: name, kind, config, data, steps, final_loss, metrics, command, ...
 
 
@@ -62,9 +62,12 @@ def _write_atomic(path: Path, write) -> None:
     os.replace(tmp, path)
 
 
-def save(name: str, model: nn.Module, *, kind: str | None = None, config=None, schedule_name: str,
+def save(name: str, model: nn.Module, *, kind: str | None = None, config=None, schedule_name: str | None,
          meta: dict | None = None, directory=None, num_train_timesteps: int = 1000) -> Path:
-    """Write `<name>.safetensors` (fp16) and `<name>.json`; kind/config default to the model's own."""
+    """Write `<name>.safetensors` (fp16) and `<name>.json`; kind/config default to the model's own.
+
+    schedule_name is the denoiser's noise schedule; None for models that have none (classifier, CLIP).
+    """
     weights_path, json_path = _paths(name, directory)
     kind = kind if kind is not None else model.kind
     config = config if config is not None else model.config
@@ -73,7 +76,8 @@ def save(name: str, model: nn.Module, *, kind: str | None = None, config=None, s
     meta = dict(meta or {})
     info = {
         "name": name, "kind": kind, "config": config,
-        "schedule": {"name": schedule_name, "num_train_timesteps": num_train_timesteps},
+        "schedule": None if schedule_name is None else {"name": schedule_name,
+                                                        "num_train_timesteps": num_train_timesteps},
         "data": meta.pop("data", None), "steps": meta.pop("steps", None), "final_loss": meta.pop("final_loss", None),
         "metrics": meta.pop("metrics", {}), "command": meta.pop("command", None),
         "library_version": course_lib.__version__,
@@ -102,7 +106,8 @@ def load(name: str, device=None, directory=None) -> Pretrained:
         raise CheckpointError(f"cannot read {json_path} ({type(e).__name__}: {e}); {_retrain(name)}") from e
     try:
         model = build_model(kind, config)
-        schedule = NoiseSchedule.from_name(schedule_info["name"], schedule_info["num_train_timesteps"])
+        schedule = None if schedule_info is None else NoiseSchedule.from_name(schedule_info["name"],
+                                                                              schedule_info["num_train_timesteps"])
     except (ValueError, KeyError, TypeError) as e:
         raise CheckpointError(f"{json_path} describes no valid model/schedule ({e}); {_retrain(name)}") from e
     try:

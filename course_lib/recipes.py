@@ -6,7 +6,7 @@ from dataclasses import dataclass, field
 import torch
 
 from course_lib import models
-from course_lib.data import ShapesDataset, toy2d
+from course_lib.data import HELD_OUT_PAIRS, ShapesDataset, toy2d
 from course_lib.training import TrainConfig
 
 DATASETS = ("shapes", "toy2d")
@@ -21,6 +21,7 @@ class DataSpec:
     seed: int = 0  # data seed: same seed, same data
     size: int | None = None  # image size for "shapes"; None for points
     name: str | None = None  # toy2d dataset name ("moons", "swiss_roll", "8gaussians"); None for images
+    hold_out: bool = False  # leave data.HELD_OUT_PAIRS out, so prompts naming them are unseen combinations
 
     def __post_init__(self):
         if self.dataset not in DATASETS:
@@ -40,6 +41,8 @@ class Recipe:
     sample_steps: int = 50  # DDIM steps for the preview written next to the checkpoint
     description: str = ""  # one line for humans
     model_kwargs: dict = field(default_factory=dict)  # overrides passed to the model factory
+    text_encoder: str | None = None  # checkpoint of the frozen CLIP whose token embeddings condition the model
+    guidance_scale: float = 5.0  # classifier-free guidance scale of the preview (text-conditioned recipes)
 
     def build_model(self) -> torch.nn.Module:
         """A freshly initialised model of this recipe's preset."""
@@ -49,8 +52,13 @@ class Recipe:
 def load_data(spec: DataSpec) -> torch.Tensor:
     """The training tensor: images (n, 3, size, size) in [-1, 1] or points (n, 2)."""
     if spec.dataset == "shapes":
-        return ShapesDataset(size=spec.size, n=spec.n, seed=spec.seed).images()
+        return shapes_dataset(spec).images()
     return toy2d(spec.name, n=spec.n, seed=spec.seed)
+
+
+def shapes_dataset(spec: DataSpec) -> ShapesDataset:
+    """The captioned shapes dataset a recipe trains on (images render lazily)."""
+    return ShapesDataset(size=spec.size, n=spec.n, seed=spec.seed, exclude=HELD_OUT_PAIRS if spec.hold_out else ())
 
 
 RECIPES: dict[str, Recipe] = {
@@ -66,6 +74,19 @@ RECIPES: dict[str, Recipe] = {
                               lr_schedule="cosine", ema_decay=0.999, grad_clip=1.0, seed=0, ckpt_every=1000,
                               log_every=50),
             description="unconditional 32x32 shapes U-Net (DDPM linear schedule, T=1000)",
+        ),
+        Recipe(
+            name="shapes32-t2i",
+            model="unet_small_cond",
+            model_kwargs={"cond_dim": 64},  # the width of shapes-clip's text tokens
+            schedule="linear",
+            data=DataSpec("shapes", n=20000, seed=0, size=32, hold_out=True),
+            # Caption dropped 10% of the time: the same network learns the unconditional prediction for CFG.
+            train=TrainConfig(steps=8000, batch_size=256, lr=3e-4, weight_decay=0.0, warmup=500,
+                              lr_schedule="cosine", ema_decay=0.999, grad_clip=1.0, seed=0, ckpt_every=1000,
+                              log_every=50, cond_drop_prob=0.1),
+            text_encoder="shapes-clip",
+            description="text-to-image 32x32 shapes U-Net, cross-attending to shapes-clip tokens (held-out pairs unseen)",
         ),
         Recipe(
             name="toy2d-mlp",

@@ -2,6 +2,9 @@
 
 (`--device D` picks the device; default `course_lib.device()`.)
 
+Denoisers train with `course_lib.training.train`; the two helper models (the CLIP whose text tokens condition
+the text-to-image U-Net, and the attribute classifier behind `course_lib.metrics`) have trainers of their own.
+
 Trains the recipe (resuming from `<out>/<name>.train.safetensors` if a previous run was interrupted), saves the
 EMA weights with `course_lib.pretrained.save`, and writes `<name>.png`, a preview of samples (DDIM, 50 steps).
 """
@@ -18,7 +21,7 @@ import torch
 
 import course_lib
 from course_lib import pretrained
-from course_lib.recipes import RECIPES, Recipe, get_recipe, load_data
+from course_lib.recipes import RECIPES, Recipe, get_recipe, load_data, shapes_dataset
 from course_lib.samplers import ddim, make_timesteps
 from course_lib.schedules import NoiseSchedule
 from course_lib.training import TrainConfig, train
@@ -32,13 +35,29 @@ def device_name(device: torch.device) -> str:
 
 
 @torch.no_grad()
-def sample_preview(model, schedule, recipe: Recipe, n: int, device, seed: int = 0) -> torch.Tensor:
-    """n samples with DDIM (eta = 0, `recipe.sample_steps` trailing steps), on the CPU, in [-1, 1] for images."""
+def encode_captions(encoder, captions: list[str], batch_size: int = 1024) -> tuple[torch.Tensor, torch.Tensor]:
+    """Token embeddings (N, L, D) and masks (N, L) of every caption, computed once before training."""
+    parts = [encoder(captions[i:i + batch_size]) for i in range(0, len(captions), batch_size)]
+    return torch.cat([p[0] for p in parts]), torch.cat([p[1] for p in parts])
+
+
+@torch.no_grad()
+def sample_preview(model, schedule, recipe: Recipe, n: int, device, seed: int = 0, encoder=None) -> torch.Tensor:
+    """n samples with DDIM (eta = 0, `recipe.sample_steps` trailing steps), on the CPU, in [-1, 1] for images.
+
+    Text-conditioned recipes sample the first n captions of a fresh dataset (seed 1) with classifier-free guidance.
+    """
     shape = (n, 3, recipe.data.size, recipe.data.size) if recipe.data.dataset == "shapes" else (n, 2)
     generator = torch.Generator(device="cpu").manual_seed(seed)
     x = torch.randn(shape, generator=generator).to(device)
     timesteps = make_timesteps(schedule, recipe.sample_steps)
-    return ddim(model.eval(), x, schedule, timesteps, generator=generator).float().cpu()
+    eps_model = model.eval()
+    if encoder is not None:
+        from course_lib.guidance import GuidedModel
+
+        prompts = shapes_dataset(dataclasses.replace(recipe.data, n=n, seed=1, hold_out=False)).captions()
+        eps_model = GuidedModel(model, *encoder(prompts), *encoder(""), recipe.guidance_scale)
+    return ddim(eps_model, x, schedule, timesteps, generator=generator).float().cpu()
 
 
 def save_preview(samples: torch.Tensor, path: Path, reference: torch.Tensor | None = None) -> None:
@@ -79,22 +98,41 @@ def run(recipe: Recipe, *, out=None, steps=None, batch_size=None, device=None, c
     data = load_data(recipe.data)
     state_path = out / f"{recipe.name}.train.safetensors"  # resumable training state, removed on success
 
+    encoder = cond = empty = None
+    if recipe.text_encoder is not None:  # captions -> frozen CLIP token embeddings, once
+        from course_lib.clip import load_text_encoder
+
+        encoder = load_text_encoder(recipe.text_encoder, device=device)
+        cond = encode_captions(encoder, shapes_dataset(recipe.data).captions())
+        tokens, mask = encoder("")  # a dropped caption becomes the empty prompt: the unconditional input
+        empty = (tokens[0], mask[0])
+
     print(f"training {recipe.name}: {sum(p.numel() for p in model.parameters()) / 1e6:.2f}M parameters, "
           f"{config.steps} steps x {config.batch_size} on {device_name(device)}")
-    result = train(model, schedule, data, config, ckpt_path=state_path, device=device, progress=progress)
+    result = train(model, schedule, data, config, cond_data=cond, empty_cond=empty, ckpt_path=state_path,
+                   device=device, progress=progress)
     tail = result.history[-100:]
     metrics = {"train_images_per_s": round(result.images_per_s, 1), "device": device_name(device)}
     meta = {"data": dataclasses.asdict(recipe.data), "steps": result.steps,
             "final_loss": sum(tail) / len(tail),  # mean of the last 100 steps: one step's loss is very noisy
-            "metrics": metrics, "command": command, "train_config": dataclasses.asdict(config)}
+            "metrics": metrics, "command": command, "train_config": dataclasses.asdict(config),
+            "text_encoder": recipe.text_encoder}
     weights = pretrained.save(recipe.name, result.ema, schedule_name=recipe.schedule, meta=meta, directory=out,
                               num_train_timesteps=recipe.num_train_timesteps)
-    samples = sample_preview(result.ema, schedule, recipe, 16 if recipe.data.dataset == "shapes" else 2000, device)
+    samples = sample_preview(result.ema, schedule, recipe, 16 if recipe.data.dataset == "shapes" else 2000, device,
+                             encoder=encoder)
     save_preview(samples, out / f"{recipe.name}.png", reference=data if data.ndim == 2 else None)
     state_path.unlink(missing_ok=True)
     print(f"saved {weights} (+ .json, .png); final loss {meta['final_loss']:.4f}; "
           f"throughput {result.images_per_s:.0f} images/s on {metrics['device']}")
     return weights
+
+
+def _other_trainers() -> dict:
+    """Checkpoints that are not denoisers: name -> trainer(out, *, device, command, steps, batch_size)."""
+    from course_lib import clip, metrics
+
+    return {clip.MODEL_NAME: clip.train_recipe, metrics.CLASSIFIER_NAME: metrics.train_classifier_recipe}
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -103,16 +141,18 @@ def main(argv: list[str] | None = None) -> None:
 
     argv = sys.argv[1:] if argv is None else argv
     parser = argparse.ArgumentParser(prog="python -m course_lib.train", description=__doc__.splitlines()[0])
-    parser.add_argument("recipe", help=f"one of: {', '.join(RECIPES)}")
+    parser.add_argument("recipe", help=f"one of: {', '.join([*RECIPES, *_other_trainers()])}")
     parser.add_argument("--out", default=None, help=f"output directory (default {pretrained.CHECKPOINT_DIR})")
     parser.add_argument("--steps", type=int, default=None, help="override the recipe's number of steps")
     parser.add_argument("--batch-size", type=int, default=None, help="override the recipe's batch size")
     parser.add_argument("--device", default=None, help="cpu, cuda, cuda:1, mps (default: course_lib.device())")
     args = parser.parse_args(argv)
-    try:
-        recipe = get_recipe(args.recipe)
-    except ValueError as e:
-        parser.error(str(e))
+    others = _other_trainers()
+    if args.recipe not in others:
+        try:
+            recipe = get_recipe(args.recipe)
+        except ValueError as e:
+            parser.error(f"{e}, {', '.join(others)}")
     if args.device is not None:
         try:
             device = torch.device(args.device)
@@ -121,6 +161,9 @@ def main(argv: list[str] | None = None) -> None:
         if device.type == "cuda" and not torch.cuda.is_available():
             parser.error("--device cuda, but CUDA is not available here; use --device cpu")
     command = shlex.join(["python", "-m", "course_lib.train", *argv])
+    if args.recipe in others:
+        others[args.recipe](args.out, device=args.device, command=command, steps=args.steps, batch_size=args.batch_size)
+        return
     run(recipe, out=args.out, steps=args.steps, batch_size=args.batch_size, device=args.device, command=command)
 
 

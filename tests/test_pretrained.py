@@ -149,4 +149,4 @@ def test_train_cli_writes_a_loadable_checkpoint_and_preview(tmp_path, capsys):
     assert "images/s" in capsys.readouterr().out
     with pytest.raises(SystemExit):
         main(["no-such-recipe"])
-    assert "valid recipes: shapes32-unet, toy2d-mlp" in capsys.readouterr().err
+    assert "valid recipes: shapes32-unet, shapes32-t2i, toy2d-mlp, shapes-clip, shapes-classifier" in capsys.readouterr().err

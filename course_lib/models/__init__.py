@@ -1,18 +1,20 @@
-"""Noise-prediction networks eps_theta(x_t, t): a U-Net for images and an MLP for 2-D points."""
+"""Noise-prediction networks eps_theta(x_t, t) (a U-Net for images, an MLP for 2-D points) and the shapes classifier."""
 from __future__ import annotations
 
 import dataclasses
 
 import torch.nn as nn
 
+from .classifier import ClassifierConfig, ShapesClassifier, shapes_classifier
 from .mlp import MLPConfig, MLPDenoiser, mlp_2d
 from .unet import UNet, UNetConfig, timestep_embedding, unet_small, unet_small_cond, unet_tiny
 
 # Model classes by `kind`, the name checkpoints store next to the config dict.
-MODELS = {"unet": UNet, "mlp": MLPDenoiser}
+MODELS = {"unet": UNet, "mlp": MLPDenoiser, "classifier": ShapesClassifier}
 
 # Preset factories by name, used by training recipes.
-FACTORIES = {"unet_tiny": unet_tiny, "unet_small": unet_small, "unet_small_cond": unet_small_cond, "mlp_2d": mlp_2d}
+FACTORIES = {"unet_tiny": unet_tiny, "unet_small": unet_small, "unet_small_cond": unet_small_cond, "mlp_2d": mlp_2d,
+             "shapes_classifier": shapes_classifier}
 
 
 def build_model(kind: str, config: dict) -> nn.Module:
@@ -28,4 +30,5 @@ def build_model(kind: str, config: dict) -> nn.Module:
 
 
 __all__ = ["MODELS", "FACTORIES", "build_model", "UNet", "UNetConfig", "MLPDenoiser", "MLPConfig",
-           "timestep_embedding", "unet_tiny", "unet_small", "unet_small_cond", "mlp_2d"]
+           "timestep_embedding", "unet_tiny", "unet_small", "unet_small_cond", "mlp_2d",
+           "ShapesClassifier", "ClassifierConfig", "shapes_classifier"]

@@ -1,0 +1,153 @@
+"""The shapes classifier: output shapes, batch independence, input checks, and that a short training learns."""
+import dataclasses
+import json
+
+import pytest
+import torch
+
+from course_lib import pretrained
+from course_lib.data import SHAPES, Attributes, ShapesDataset, render
+from course_lib.metrics import load_classifier, save_classifier
+from course_lib.models import unet_tiny
+from course_lib.models.classifier import (VOCAB, ClassifierConfig, ClassifierTrainConfig, ShapesClassifier,
+                                          attribute_targets, augment, blur3x3, classification_loss, evaluate,
+                                          shapes_classifier, train_classifier)
+from course_lib.pretrained import CheckpointNotFoundError
+
+
+@pytest.fixture(autouse=True)
+def one_thread():
+    # The CPU is shared: one thread keeps this file fast and the numbers reproducible.
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+@pytest.fixture(scope="module")
+def model():
+    torch.manual_seed(0)
+    return shapes_classifier().eval()
+
+
+def test_forward_gives_one_logit_vector_per_attribute(model):
+    x = ShapesDataset(n=4, seed=0).images()
+    logits = model(x)
+    assert list(logits) == ["shape", "color", "size", "position", "background"] == list(VOCAB)
+    for key, values in VOCAB.items():
+        assert logits[key].shape == (4, len(values))
+    assert model.features(x).shape == (4, model.feature_dim)
+    assert sum(p.numel() for p in model.parameters()) < 500_000  # cheap on a CPU
+
+
+def test_predict_returns_attributes_and_does_not_depend_on_the_batch(model):
+    x = ShapesDataset(n=6, seed=1).images()
+    preds = model.predict(x)
+    assert len(preds) == 6 and all(isinstance(p, Attributes) for p in preds)
+    # GroupNorm, not BatchNorm: an image's prediction and features are the same alone or in a batch.
+    assert model.predict(x[2:3])[0] == preds[2]
+    torch.testing.assert_close(model.features(x[2:3]), model.features(x)[2:3], rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(model.features(x, batch_size=4), model.features(x))  # chunking changes nothing
+    assert not model.training
+
+
+def test_larger_images_are_resized_to_the_model_size(model):
+    a = Attributes("star", "green", "small", "left", "white")
+    big = render(a, 64)[None]  # (1, 3, 64, 64)
+    assert model(big)["shape"].shape == (1, len(SHAPES))
+    # Downsampling a 64 px render gives (nearly) the 32 px render, so the features must be close.
+    f32, f64 = model.features(render(a, 32)[None]), model.features(big)
+    assert (f32 - f64).norm() < 0.1 * f32.norm()
+
+
+def test_predict_restores_training_mode(model):
+    model.train()
+    model.predict(torch.zeros(1, 3, 32, 32))
+    assert model.training
+    model.eval()
+
+
+def test_bad_input_and_config():
+    m = shapes_classifier()
+    with pytest.raises(ValueError, match=r"\(B>=1, 3, H, W\).*images\[None\]"):
+        m(torch.zeros(3, 32, 32))
+    with pytest.raises(ValueError, match=r"\(B>=1, 3, H, W\)"):
+        m.predict(torch.zeros(2, 1, 32, 32))
+    with pytest.raises(ValueError, match=r"B>=1"):
+        m.features(torch.zeros(0, 3, 32, 32))
+    with pytest.raises(ValueError, match="multiple of 8"):
+        ClassifierConfig(image_size=30)
+    with pytest.raises(ValueError, match="multiple of groups"):
+        ClassifierConfig(width=12, groups=8)
+    with pytest.raises(ValueError, match="steps"):
+        ClassifierTrainConfig(steps=0)
+
+
+def test_loss_is_summed_cross_entropy_over_heads():
+    attrs = ShapesDataset(n=3, seed=2).attributes()
+    targets = attribute_targets(attrs)
+    assert [VOCAB["color"][i] for i in targets["color"]] == [a.color for a in attrs]
+    uniform = {k: torch.zeros(3, len(v)) for k, v in VOCAB.items()}  # equal logits: CE = log(n_classes)
+    expected = sum(torch.log(torch.tensor(float(len(v)))) for v in VOCAB.values())
+    torch.testing.assert_close(classification_loss(uniform, targets), expected)
+
+
+def test_augmentation_blur_kernel_and_noise():
+    impulse = torch.zeros(1, 3, 5, 5)
+    impulse[:, :, 2, 2] = 1.0
+    k = torch.tensor([1.0, 2.0, 1.0])
+    expected = torch.zeros(1, 3, 5, 5)
+    expected[:, :, 1:4, 1:4] = k[:, None] * k[None, :] / 16  # the binomial kernel, weights summing to 1
+    torch.testing.assert_close(blur3x3(impulse), expected)
+    flat = torch.full((2, 3, 6, 6), 0.4)
+    torch.testing.assert_close(blur3x3(flat), flat)  # replicate padding: no dark border
+    x = ShapesDataset(n=8, seed=0).images()
+    off = ClassifierTrainConfig(noise_std=0.0, blur_prob=0.0)
+    assert torch.equal(augment(x, off, torch.Generator().manual_seed(0)), x)
+    blur_all = ClassifierTrainConfig(noise_std=0.0, blur_prob=1.0)
+    torch.testing.assert_close(augment(x, blur_all, torch.Generator().manual_seed(0)), blur3x3(x))
+    noisy = augment(x, ClassifierTrainConfig(noise_std=0.1, blur_prob=0.0), torch.Generator().manual_seed(0))
+    per_image_std = (noisy - x).flatten(1).std(1)
+    assert 0 < per_image_std.max() <= 0.1 * 1.1  # sigma ~ U(0, noise_std) per image
+    with pytest.raises(ValueError, match="blur_prob"):
+        ClassifierTrainConfig(blur_prob=1.5)
+
+
+def test_short_training_beats_chance_on_every_head():
+    torch.manual_seed(0)
+    m = ShapesClassifier(ClassifierConfig())
+    cfg = ClassifierTrainConfig(steps=250, batch_size=32, lr=3e-3, warmup=10, n_images=1000, eval_images=300,
+                                eval_seed=5, seed=0, log_every=50, noise_std=0.05, blur_prob=0.0)
+    result = train_classifier(m, cfg, device="cpu", progress=False)
+    assert len(result["history"]) == 250
+    assert sum(result["history"][-20:]) / 20 < 0.4 * sum(result["history"][:20]) / 20  # the loss goes down
+    acc = result["accuracy"]
+    assert set(acc) == set(VOCAB) | {"all"}
+    # Color, size, position and background are easy (> 90% within 100 steps); shape is learned last (it sits
+    # near chance, 1/6, for ~150 steps, then climbs to ~100% by step ~700): here it must be clearly above chance.
+    for key in VOCAB:
+        assert acc[key] > (0.3 if key == "shape" else 0.9), (key, acc)
+    test = ShapesDataset(n=300, seed=5)
+    assert evaluate(m, test.images(), test.attributes()) == acc  # evaluate() is what train_classifier reports
+    assert dataclasses.asdict(m.config) == dataclasses.asdict(ClassifierConfig())
+
+
+def test_checkpoint_round_trip(tmp_path):
+    # Needs MODELS["classifier"] (models/__init__.py) and schedule_name=None support in pretrained.save/load.
+    torch.manual_seed(0)
+    model = shapes_classifier().eval()
+    save_classifier(model, meta={"steps": 3, "metrics": {"accuracy": {"shape": 0.5}}}, directory=tmp_path)
+    meta = json.loads((tmp_path / "shapes-classifier.json").read_text())
+    assert meta["kind"] == "classifier" and meta["schedule"] is None and meta["steps"] == 3
+    loaded = load_classifier(device="cpu", directory=tmp_path)
+    assert isinstance(loaded, ShapesClassifier) and not loaded.training and loaded.config == model.config
+    x = ShapesDataset(n=8, seed=0).images()
+    torch.testing.assert_close(loaded.features(x), model.features(x), rtol=0.01, atol=0.01)  # fp16 on disk
+
+
+def test_load_classifier_errors(tmp_path):
+    with pytest.raises(CheckpointNotFoundError, match="python -m course_lib.train shapes-classifier"):
+        load_classifier(directory=tmp_path)
+    pretrained.save("tiny", unet_tiny(), schedule_name="linear", directory=tmp_path)
+    with pytest.raises(ValueError, match="holds a UNet, not a ShapesClassifier"):
+        load_classifier("tiny", device="cpu", directory=tmp_path)
