@@ -1,6 +1,7 @@
 """Benchmarks, run as whole programs: `python -m course_lib.bench player` or `python -m course_lib.bench train`.
 
-player: how long a student waits after moving the DenoisingPlayer's slider, with the shipped model:
+player: how long a student waits after moving the DenoisingPlayer's slider, with a shipped model (`--model`,
+        default shapes32-unet; a text-to-image one samples with a prompt and guidance, i.e. a doubled batch):
         time to the first frame on screen and to the last frame of a 20-step, 4-image run.
 train:  training throughput (images/s) of a recipe's model on this machine's device.
 Each figure is the median of several runs after one warm-up; nothing here is asserted.
@@ -19,11 +20,10 @@ import course_lib
 
 def bench_player(name: str = "shapes32-unet", steps: int = 20, n: int = 4, repeats: int = 5, device=None) -> dict:
     """Median ms from a settings change to the first and to the last frame the player shows."""
-    from course_lib import pretrained
     from course_lib.widgets import DenoisingPlayer
 
-    shipped = pretrained.load(name, device=device)
-    player = DenoisingPlayer(shipped.model, shipped.schedule, n=n, steps=steps, seed=0)  # warm-up run
+    player = DenoisingPlayer.from_pretrained(name, device=device, n=n, steps=steps, seed=0,  # warm-up run
+                                             prompt="a small blue star at the top", guidance_scale=5.0)
     frame_times: list[float] = []
     player.image.observe(lambda change: frame_times.append(time.perf_counter()), names="value")
     first, last = [], []
@@ -34,7 +34,7 @@ def bench_player(name: str = "shapes32-unet", steps: int = 20, n: int = 4, repea
         done = time.perf_counter()
         first.append((frame_times[0] - start) * 1000)
         last.append((done - start) * 1000)
-    return {"model": name, "device": str(next(shipped.model.parameters()).device),
+    return {"model": name, "device": str(player.device),
             "threads": torch.get_num_threads(), "steps": steps, "images": n,
             "first_frame_ms": statistics.median(first), "final_frame_ms": statistics.median(last)}
 
@@ -64,12 +64,13 @@ def main(argv=None) -> None:
     parser = argparse.ArgumentParser(prog="python -m course_lib.bench", description=__doc__.splitlines()[0])
     parser.add_argument("what", choices=["player", "train"])
     parser.add_argument("--device", default=None, help="cpu, cuda, mps (default: course_lib.device())")
+    parser.add_argument("--model", default="shapes32-unet", help="player: checkpoint name (default shapes32-unet)")
     parser.add_argument("--repeats", type=int, default=5, help="player: timed runs (median reported)")
     parser.add_argument("--steps", type=int, default=None, help="player: sampling steps (20); train: steps (30)")
     parser.add_argument("--batch-size", type=int, default=None, help="train: override the recipe's batch size")
     args = parser.parse_args(sys.argv[1:] if argv is None else argv)
     if args.what == "player":
-        r = bench_player(steps=args.steps or 20, repeats=args.repeats, device=args.device)
+        r = bench_player(args.model, steps=args.steps or 20, repeats=args.repeats, device=args.device)
         print(f"player ({r['model']}, {r['steps']} steps x {r['images']} images, {r['device']}, "
               f"{r['threads']} threads): first frame {r['first_frame_ms']:.0f} ms, "
               f"final frame {r['final_frame_ms']:.0f} ms (medians of {args.repeats})")

@@ -171,7 +171,7 @@ class TextEncoder(nn.Module):
 class ClipTrainConfig:
     """Hyper-parameters of one CLIP training run (defaults: the shipped shapes-clip, trained on 2 CPU cores)."""
 
-    steps: int = 2000  # optimizer steps
+    steps: int = 1500  # optimizer steps
     batch_size: int = 128  # image-caption pairs per step: every other pair in the batch is a negative
     lr: float = 1e-3  # peak AdamW learning rate (small models from scratch like a large lr)
     weight_decay: float = 0.1  # decoupled weight decay on weight matrices (not on gains, biases, logit_scale)

@@ -83,6 +83,21 @@ def save_preview(samples: torch.Tensor, path: Path, reference: torch.Tensor | No
     plt.close(fig)
 
 
+def init_from_checkpoint(model: torch.nn.Module, name: str) -> list[str]:
+    """Copy checkpoint `name`'s weights into `model`; returns the model's keys it lacked (they keep their init).
+
+    Every weight of the checkpoint must fit the model: a fine-tuned model may add layers, never change them.
+    """
+    source = pretrained.load(name, device="cpu").model.state_dict()
+    own = model.state_dict()
+    misfit = [k for k, v in source.items() if k not in own or own[k].shape != v.shape]
+    if misfit:
+        raise ValueError(f"checkpoint {name!r} does not fit this model ({len(misfit)} weights, e.g. {misfit[:3]}); "
+                         f"init_from must name a checkpoint of the same architecture minus added layers")
+    model.load_state_dict(source, strict=False)
+    return [k for k in own if k not in source]
+
+
 def run(recipe: Recipe, *, out=None, steps=None, batch_size=None, device=None, command=None,
         progress=True) -> Path:
     """Train `recipe`, save its EMA weights + JSON + preview PNG in `out`; returns the weights path."""
@@ -94,6 +109,9 @@ def run(recipe: Recipe, *, out=None, steps=None, batch_size=None, device=None, c
         torch.backends.cudnn.benchmark = True  # fixed input shapes: let cuDNN pick the fastest conv kernels
     torch.manual_seed(config.seed)  # the model's initial weights
     model = recipe.build_model()
+    if recipe.init_from is not None:
+        added = init_from_checkpoint(model, recipe.init_from)
+        print(f"initialised from {recipe.init_from}; {len(added)} new tensors keep their fresh init")
     schedule = NoiseSchedule.from_name(recipe.schedule, recipe.num_train_timesteps)
     data = load_data(recipe.data)
     state_path = out / f"{recipe.name}.train.safetensors"  # resumable training state, removed on success
@@ -116,7 +134,7 @@ def run(recipe: Recipe, *, out=None, steps=None, batch_size=None, device=None, c
     meta = {"data": dataclasses.asdict(recipe.data), "steps": result.steps,
             "final_loss": sum(tail) / len(tail),  # mean of the last 100 steps: one step's loss is very noisy
             "metrics": metrics, "command": command, "train_config": dataclasses.asdict(config),
-            "text_encoder": recipe.text_encoder}
+            "text_encoder": recipe.text_encoder, "init_from": recipe.init_from}
     weights = pretrained.save(recipe.name, result.ema, schedule_name=recipe.schedule, meta=meta, directory=out,
                               num_train_timesteps=recipe.num_train_timesteps)
     samples = sample_preview(result.ema, schedule, recipe, 16 if recipe.data.dataset == "shapes" else 2000, device,

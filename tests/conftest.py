@@ -56,6 +56,43 @@ def export_artifact(path: Path) -> None:
         shutil.copy(path, Path(target) / path.name)
 
 
+# ----- throwaway text-to-image checkpoints ----------------------------------------------------
+# A tiny CLIP text tower (width 32) and a small cross-attention U-Net, saved like the shipped shapes-clip and
+# shapes32-t2i, so generate() and the player's prompt box are tested without the shipped (trained) files.
+TINY_CLIP = {"embed_dim": 32,
+             "vision_cfg": {"image_size": 32, "patch_size": 8, "width": 32, "layers": 1, "head_width": 16},
+             "text_cfg": {"context_length": 32, "vocab_size": 49408, "width": 32, "heads": 2, "layers": 1}}
+
+
+def save_t2i_checkpoints(directory: Path) -> Path:
+    """Write random-weight `shapes-clip` + `shapes32-t2i` checkpoints into directory (also `shapes32-unet`, an
+    unconditional one); returns directory. No weight is zero, so prompts and guidance change the samples."""
+    import torch
+
+    from course_lib import clip, pretrained
+    from course_lib.models import unet_small_cond, unet_tiny
+
+    torch.manual_seed(0)
+    clip.save_clip(clip.create_clip(TINY_CLIP), meta={}, directory=directory)
+    unet = unet_small_cond(cond_dim=TINY_CLIP["text_cfg"]["width"], base_channels=16, dropout=0.0)
+    uncond = unet_tiny()
+    with torch.no_grad():
+        for p in [*unet.parameters(), *uncond.parameters()]:
+            if p.ndim > 1 and not p.any():  # output / residual / cross-attention projections start at zero
+                torch.nn.init.normal_(p, std=0.05)
+    pretrained.save("shapes32-t2i", unet, schedule_name="linear", directory=directory,
+                    meta={"text_encoder": "shapes-clip", "data": {"dataset": "shapes", "size": 32}})
+    pretrained.save("shapes32-unet", uncond, schedule_name="linear", directory=directory,
+                    meta={"data": {"dataset": "shapes", "size": 32}})
+    return directory
+
+
+@pytest.fixture(scope="session")
+def t2i_checkpoints(tmp_path_factory) -> Path:
+    """A directory holding throwaway shapes-clip, shapes32-t2i and shapes32-unet checkpoints (see above)."""
+    return save_t2i_checkpoints(tmp_path_factory.mktemp("checkpoints"))
+
+
 # ----- JupyterLab server ----------------------------------------------------------------------
 def _free_port() -> int:
     """A TCP port nobody listens on right now."""

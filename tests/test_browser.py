@@ -81,3 +81,55 @@ def test_denoising_player_reruns_on_steps_key(lab, tmp_path):
     assert img.get_attribute("src") != before_src
     assert float(handle.get_attribute("aria-valuenow")) == 6
     lab.screenshot(tmp_path / "denoising_player.png", player)
+
+
+def _displayed_pixels(img):
+    """What the <img> shows right now, as an RGB array (a screenshot of the element, so it is what a student sees)."""
+    import io
+
+    import numpy as np
+    from PIL import Image
+
+    return np.asarray(Image.open(io.BytesIO(img.screenshot())).convert("RGB"))
+
+
+def check_text_player(lab, tmp_path, load_args: str = "") -> None:
+    """A text-to-image DenoisingPlayer: typing a prompt (Enter) and keying the guidance_scale slider each show new
+    images. `load_args` are extra from_pretrained arguments (e.g. a directory of throwaway checkpoints)."""
+    nb = _notebook(
+        "from course_lib.widgets import DenoisingPlayer",
+        f"player = DenoisingPlayer.from_pretrained('shapes32-t2i', steps=5, n=2{load_args})\nplayer",
+    )
+    name = lab.server.add_notebook(name="t2i_player.ipynb", nb=nb)
+    lab.open(name)
+    lab.run_all()
+
+    player = lab.widget("course-denoising-player")
+    img = player.locator("img").first
+    player.locator(".widget-label", has_text="step 5/5").wait_for(timeout=60_000)
+    before_src, before_pixels = img.get_attribute("src"), _displayed_pixels(img)
+
+    # type a prompt; the box sends it to the kernel on Enter (continuous_update=False)
+    box = player.locator(".widget-text").filter(has=lab.page.locator(".widget-label", has_text="prompt"))
+    box.locator("input").first.fill("a large blue star at the top")
+    box.locator("input").first.press("Enter")
+    lab.wait_src_change(img, before_src)
+    lab.wait_kernel_idle(timeout_s=90)  # the whole trajectory was sampled
+    prompt_src, prompt_pixels = img.get_attribute("src"), _displayed_pixels(img)
+    assert not (prompt_pixels == before_pixels).all(), "the image did not change after a new prompt"
+    assert "error" not in player.inner_text()
+
+    # guidance_scale 5.0 -> 6.0: two ArrowRight presses of 0.5 each on the slider's handle
+    handle = lab.slider_handle(player, "guidance_scale")
+    lab.press_keys(handle, ["ArrowRight", "ArrowRight"])
+    lab.wait_src_change(img, prompt_src)
+    lab.wait_kernel_idle(timeout_s=90)
+    assert float(handle.get_attribute("aria-valuenow")) == 6.0
+    player.locator(".widget-label", has_text="step 5/5").wait_for(timeout=60_000)
+    assert not (_displayed_pixels(img) == prompt_pixels).all(), "the image did not change with guidance_scale"
+    lab.screenshot(tmp_path / "text_to_image_player.png", player)
+
+
+def test_text_to_image_player_prompt_and_guidance(lab, tmp_path):
+    """The shipped shapes32-t2i (with its shapes-clip text encoder) in a DenoisingPlayer, driven by the keyboard."""
+    check_text_player(lab, tmp_path)

@@ -309,3 +309,120 @@ def test_player_rejects_bad_input(tiny_unet):
         DenoisingPlayer(None, schedule, autorun=False)
     with pytest.raises(ValueError, match="seed"):
         DenoisingPlayer(tiny_unet, schedule, seed=-1, autorun=False)
+
+
+# ----- DenoisingPlayer with a text encoder: prompt box and guidance_scale slider -----------------------------------
+class CountingEncoder:
+    """Wraps a TextEncoder and records every prompt it encodes, to check each prompt is encoded once."""
+
+    def __init__(self, encoder):
+        self.encoder, self.prompts = encoder, []
+
+    def __call__(self, prompt):
+        self.prompts.append(prompt)
+        return self.encoder(prompt)
+
+
+class CountingCondModel(torch.nn.Module):
+    """Wraps a text-conditional eps-model(x_t, t, cond=, cond_mask=) and counts forward calls."""
+
+    def __init__(self, model):
+        super().__init__()
+        self.model, self.calls = model, 0
+
+    def forward(self, x, t, cond=None, cond_mask=None):
+        self.calls += 1
+        return self.model(x, t, cond=cond, cond_mask=cond_mask)
+
+
+@pytest.fixture
+def t2i_player(t2i_checkpoints):
+    """A text-to-image player on the throwaway checkpoints (conftest.py), 2 images, 3 steps."""
+    return DenoisingPlayer.from_pretrained("shapes32-t2i", directory=t2i_checkpoints, device="cpu", n=2, steps=3,
+                                           prompt="a red circle")
+
+
+def _descendants(widget):
+    children = getattr(widget, "children", ())
+    return [widget, *(d for c in children for d in _descendants(c))]
+
+
+def test_from_pretrained_sets_up_a_text_player(t2i_player):
+    p = t2i_player
+    assert p.text_encoder is not None and (p.image_size, p.channels) == (32, 3)
+    assert p.prompt_box in _descendants(p) and p.guidance_slider in _descendants(p)
+    assert p.prompt_box.value == "a red circle" and not p.prompt_box.continuous_update  # sent on Enter
+    s = p.guidance_slider
+    assert (s.min, s.max, s.step, s.value, s.continuous_update) == (0.0, 20.0, 0.5, 5.0, False)
+    assert p.cache_key() == (3, "ddim", 0, "a red circle", 5.0)
+    assert p.last_images.shape == (2, 3, 32, 32) and len(p.frames) == 3
+
+
+def test_text_player_matches_generate(t2i_player, t2i_checkpoints):
+    from course_lib.generate import generate
+
+    expected = generate("a red circle", steps=3, n=2, guidance_scale=5.0, device="cpu", directory=t2i_checkpoints)
+    torch.testing.assert_close(t2i_player.last_images, expected.images, rtol=0, atol=1e-5)
+
+
+def test_prompt_and_guidance_scale_rerun_with_new_cache_keys(t2i_player):
+    p = t2i_player
+    first_image, first_key = p.image.value, p.cache_key()
+    p.prompt_box.value = "a large blue star at the top"
+    second_image, second_key = p.image.value, p.cache_key()
+    assert second_image != first_image and second_key != first_key
+    assert second_key[3] == "a large blue star at the top" and p.status.value.startswith("step 3/3")
+    p.guidance_slider.value = 9.5
+    assert p.image.value not in (first_image, second_image)
+    assert p.cache_key() == (3, "ddim", 0, "a large blue star at the top", 9.5)
+    p.guidance_slider.value = 5.0
+    p.prompt_box.value = "a red circle"  # back to the first settings: the cached trajectory, byte for byte
+    assert p.image.value == first_image and p.cache_key() == first_key
+
+
+def test_each_prompt_is_encoded_once_and_cache_hits_skip_the_model(t2i_checkpoints):
+    from course_lib import generate as pipeline
+
+    pre = pipeline.load_checkpoint("shapes32-t2i", device="cpu", directory=t2i_checkpoints)
+    encoder = CountingEncoder(pipeline.load_text_encoder(pre, directory=t2i_checkpoints))
+    model = CountingCondModel(pre.model)
+    p = DenoisingPlayer(model, pre.schedule, n=1, steps=2, text_encoder=encoder, prompt="a green square")
+    assert sorted(encoder.prompts) == ["", "a green square"] and model.calls == 2  # one batched pass per step
+    p.guidance_slider.value = 1.0  # (green, 1)
+    p.prompt_box.value = "a tiny heart"  # (heart, 1)
+    p.guidance_slider.value = 5.0  # (heart, 5)
+    p.prompt_box.value = "a green square"  # (green, 5) again: cached, no model call
+    assert sorted(encoder.prompts) == ["", "a green square", "a tiny heart"]
+    assert model.calls == 2 + 2 + 2 + 2
+    p.guidance_slider.value = 0.0  # a new trajectory, but no new encoding
+    assert model.calls == 10 and sorted(encoder.prompts) == ["", "a green square", "a tiny heart"]
+
+
+def test_bad_prompt_in_the_box_shows_an_error_instead_of_raising(t2i_player):
+    p = t2i_player
+    image, key = p.image.value, p.cache_key()
+    p.prompt_box.value = " ".join(["red"] * 31)  # one token too many
+    assert p.status.value.startswith("prompt error:") and "maximum is 30 tokens" in p.status.value
+    assert p.image.value == image  # the last good picture stays
+    p.steps_slider.value = 4  # other controls report the same error until the prompt is fixed
+    assert p.status.value.startswith("prompt error:") and p.image.value == image
+    p.prompt_box.value = "a red circle"
+    assert p.status.value.startswith("step 4/4") and p.cache_key() == (4, *key[1:])
+
+
+def test_from_pretrained_unconditional_has_no_prompt_box(t2i_checkpoints):
+    p = DenoisingPlayer.from_pretrained("shapes32-unet", directory=t2i_checkpoints, device="cpu", n=1, steps=2)
+    assert p.text_encoder is None and p.prompt_box not in _descendants(p)
+    assert p.guidance_slider not in _descendants(p) and p.cache_key() == (2, "ddim", 0)
+
+
+def test_text_player_rejects_bad_input(t2i_player, tiny_unet):
+    model, schedule, encoder = t2i_player.model, t2i_player.schedule, t2i_player.text_encoder
+    with pytest.raises(TypeError, match="prompt must be a str"):
+        DenoisingPlayer(model, schedule, text_encoder=encoder, prompt=None, autorun=False)
+    with pytest.raises(ValueError, match="maximum is 30 tokens"):
+        DenoisingPlayer(model, schedule, text_encoder=encoder, prompt=" ".join(["red"] * 31), autorun=False)
+    with pytest.raises(ValueError, match=r"guidance_scale must be a number in \[0, 20\]"):
+        DenoisingPlayer(model, schedule, text_encoder=encoder, guidance_scale=25, autorun=False)
+    with pytest.raises(ValueError, match="no eps_model"):
+        DenoisingPlayer(model, schedule, text_encoder=encoder, eps_model=lambda x, t: x, autorun=False)

@@ -3,6 +3,9 @@
 The animation *is* the computation: every StepRecord the sampler hands its `callback` becomes a PNG
 frame pushed to the browser at once. Finished trajectories are cached per `cache_key()`, so going
 back to an earlier setting (or scrubbing the frame slider) is instant. No diffusion math lives here.
+
+With a `text_encoder` (a text-to-image U-Net, e.g. `DenoisingPlayer.from_pretrained("shapes32-t2i")`) the player
+also shows a prompt box and a guidance_scale slider; classifier-free guidance is `course_lib.guidance.GuidedModel`.
 """
 from __future__ import annotations
 
@@ -13,10 +16,12 @@ import ipywidgets as widgets
 import torch
 
 from .. import device as default_device
+from ..guidance import GuidedModel
 from ..samplers import SAMPLERS, StepRecord, get_sampler, make_timesteps
 from .display import grid, label_rows, png_bytes, to_uint8, upscale
 
 MAX_STEPS = 100  # the steps slider's upper end
+MAX_GUIDANCE_SCALE = 20.0  # the guidance_scale slider's upper end (step 0.5)
 
 
 @dataclass
@@ -33,10 +38,12 @@ class DenoisingPlayer(widgets.VBox):
 
     def __init__(self, model, schedule, *, n: int = 4, image_size: int = 32, channels: int = 3, steps: int = 20,
                  sampler: str = "ddim", seed: int = 0, decode=None, device=None, eps_model=None, scale: int = 3,
-                 autorun: bool = True):
+                 autorun: bool = True, text_encoder=None, prompt: str = "", guidance_scale: float = 5.0):
         # model(x_t, t) -> eps, or pass eps_model (e.g. classifier-free guidance wrapped around the model);
         # n samples of (channels, image_size, image_size); decode(latents) -> images in [-1, 1] for display;
         # scale: integer pixel upscale of the PNG frames; autorun: sample once right away so there is a picture.
+        # text_encoder(prompt) -> (tokens (1, L, D), mask (1, L)) for a text-conditional model(x_t, t, cond=,
+        # cond_mask=): adds a prompt box ("" = unconditional) and a guidance_scale slider (1 = no guidance).
         _check_int("n", n, 1, 64)
         _check_int("image_size", image_size, 1, 4096)
         _check_int("channels", channels, 1, 64)
@@ -46,10 +53,21 @@ class DenoisingPlayer(widgets.VBox):
         get_sampler(sampler)  # ValueError naming the valid samplers
         if eps_model is None and model is None:
             raise ValueError("pass a model (called as model(x_t, t)) or an eps_model(x_t, t) callable")
+        if text_encoder is not None and (model is None or eps_model is not None):
+            raise ValueError("with a text_encoder pass the text-conditional model (called as model(x_t, t, cond=, "
+                             "cond_mask=)) and no eps_model: the player builds the guided eps_model itself")
+        if not isinstance(prompt, str):
+            raise TypeError(f"prompt must be a str (\"\" is the unconditional prompt), got {type(prompt).__name__}")
+        if isinstance(guidance_scale, bool) or not isinstance(guidance_scale, (int, float)) \
+                or not 0 <= guidance_scale <= MAX_GUIDANCE_SCALE:
+            raise ValueError(f"guidance_scale must be a number in [0, {MAX_GUIDANCE_SCALE:g}] (1 = no guidance), "
+                             f"got {guidance_scale!r}")
         self.model, self.schedule, self.decode = model, schedule, decode
         self.n, self.image_size, self.channels, self.scale = n, image_size, channels, scale
         self.device = torch.device(device) if device is not None else _model_device(model)
         self.eps_model = eps_model if eps_model is not None else (lambda x, t: self.model(x, t))
+        self.text_encoder = text_encoder
+        self._encodings: dict[str, tuple[torch.Tensor, torch.Tensor]] = {}  # prompt -> (tokens, mask), on device
         self._trajectories: dict[tuple, Trajectory] = {}  # cache_key() -> finished run
         self.trajectory: Trajectory | None = None  # the one on screen
         self.last_images: torch.Tensor | None = None
@@ -66,21 +84,68 @@ class DenoisingPlayer(widgets.VBox):
         self.image = widgets.Image(format="png", value=b"")
         self.status = widgets.Label(value="")
 
-        for w in (self.steps_slider, self.sampler_dropdown, self.seed_box):
+        # prompt and guidance_scale: only shown (and only part of cache_key) with a text encoder
+        self.prompt_box = widgets.Text(value=prompt, description="prompt", continuous_update=False,  # sent on Enter
+                                       placeholder='e.g. "a small blue star at the top" (empty = unconditional)',
+                                       layout=widgets.Layout(width="480px"))
+        self.guidance_slider = widgets.FloatSlider(value=guidance_scale, min=0.0, max=MAX_GUIDANCE_SCALE, step=0.5,
+                                                   description="guidance_scale", continuous_update=False,
+                                                   readout_format=".1f", style={"description_width": "initial"})
+        controls = [self.steps_slider, self.sampler_dropdown, self.seed_box]
+        if text_encoder is not None:
+            controls += [self.prompt_box, self.guidance_slider]
+        for w in controls:
             w.observe(self._on_settings, names="value")
         self.frame_slider.observe(self._on_frame, names="value")
-        settings = widgets.HBox([self.steps_slider, self.sampler_dropdown, self.seed_box])
+        rows = [widgets.HBox([self.steps_slider, self.sampler_dropdown, self.seed_box])]
+        if text_encoder is not None:
+            rows.insert(0, widgets.HBox([self.prompt_box, self.guidance_slider]))
+            self.conditioning()  # a bad initial prompt is the caller's error: raise it now
         scrub = widgets.HBox([self.play, self.frame_slider, self.status])
-        super().__init__([settings, self.image, scrub])
+        super().__init__([*rows, self.image, scrub])
         self.layout.align_items = "flex-start"  # show the PNG at its own pixel size, not stretched to the cell
         self.add_class("course-denoising-player")
         if autorun:
             self.run()
 
+    @classmethod
+    def from_pretrained(cls, name_or_pretrained, *, device=None, directory=None, **kwargs) -> "DenoisingPlayer":
+        """A player for a shipped checkpoint: its model, schedule and image size, plus its text encoder if its JSON
+        names one (then the prompt box and guidance_scale slider appear). kwargs go to the constructor, e.g.
+        prompt="a red circle", steps=30, decode=... (the hook that turns latents into images)."""
+        from .. import generate as pipeline  # (imported here: course_lib.generate imports this package's display)
+
+        p = pipeline.load_checkpoint(name_or_pretrained, device=device, directory=directory)
+        if p.schedule is None:
+            raise ValueError(f"checkpoint {p.meta.get('name')!r} has no noise schedule, so it is not a denoiser; "
+                             f"pick a diffusion checkpoint such as 'shapes32-unet' or 'shapes32-t2i'")
+        channels, image_size, _ = pipeline.image_shape(p)
+        defaults = dict(image_size=image_size, channels=channels,
+                        text_encoder=pipeline.load_text_encoder(p, directory=directory))
+        return cls(p.model, p.schedule, **{**defaults, **kwargs})
+
     # ----- public -------------------------------------------------------------------------
     def cache_key(self) -> tuple:
-        """What identifies a trajectory; subclasses append e.g. a prompt or guidance_scale."""
-        return (int(self.steps_slider.value), self.sampler_dropdown.value, int(self.seed_box.value))
+        """What identifies a trajectory: steps, sampler, seed (+ prompt and guidance_scale with a text encoder)."""
+        key = (int(self.steps_slider.value), self.sampler_dropdown.value, int(self.seed_box.value))
+        if self.text_encoder is not None:
+            key += (self.prompt_box.value, float(self.guidance_slider.value))
+        return key
+
+    def conditioning(self) -> tuple[tuple[torch.Tensor, torch.Tensor], tuple[torch.Tensor, torch.Tensor]] | None:
+        """((tokens, mask) of the prompt, (tokens, mask) of ""), each encoded once; None without a text encoder.
+
+        A prompt the tokenizer refuses (too long) raises its ValueError."""
+        if self.text_encoder is None:
+            return None
+        return self._encode(self.prompt_box.value), self._encode("")
+
+    def guided_eps_model(self):
+        """The eps_model(x_t, t) the sampler calls: classifier-free guidance with the current prompt and scale."""
+        if self.text_encoder is None:
+            return self.eps_model
+        (cond, cond_mask), (uncond, uncond_mask) = self.conditioning()
+        return GuidedModel(self.model, cond, cond_mask, uncond, uncond_mask, float(self.guidance_slider.value))
 
     def run(self) -> torch.Tensor:
         """Sample for the current settings (or replay the cached run); returns the final images (B, C, H, W)."""
@@ -132,7 +197,7 @@ class DenoisingPlayer(widgets.VBox):
         x, gen = self.noise()  # gen also draws DDPM's per-step noise, so one seed fixes the whole run
         try:
             with torch.no_grad():
-                traj.final = get_sampler(name)(self.eps_model, x, self.schedule, timesteps,
+                traj.final = get_sampler(name)(self.guided_eps_model(), x, self.schedule, timesteps,
                                                callback=on_step, generator=gen)
         except Exception as e:
             self.status.value = f"error: {type(e).__name__}: {e}"
@@ -161,8 +226,21 @@ class DenoisingPlayer(widgets.VBox):
             w.max = last
 
     def _on_settings(self, change=None) -> None:
-        """steps / sampler / seed changed: sample (or replay from cache)."""
+        """steps / sampler / seed / prompt / guidance_scale changed: sample (or replay from cache)."""
+        try:
+            self.conditioning()  # a prompt typo is shown to the student, not raised inside a widget callback
+        except (TypeError, ValueError) as e:
+            self.status.value = f"prompt error: {e}"
+            return
         self.run()
+
+    def _encode(self, prompt: str) -> tuple[torch.Tensor, torch.Tensor]:
+        """text_encoder(prompt) -> (tokens (1, L, D), mask (1, L)) on the sampling device, cached per prompt."""
+        if prompt not in self._encodings:
+            with torch.no_grad():
+                tokens, mask = self.text_encoder(prompt)
+            self._encodings[prompt] = tokens.to(self.device), mask.to(self.device)
+        return self._encodings[prompt]
 
     def _on_frame(self, change=None) -> None:
         """Scrub: show a cached frame; no model calls."""

@@ -1,0 +1,229 @@
+"""Text to image in one call: `generate("a small blue star at the top")`, or from a shell:
+
+    python -m course_lib.generate "a small blue star at the top" --steps 20 --guidance-scale 5 -o star.png --gif
+
+A thin layer over the pieces of the course: the checkpoint (`pretrained.load`) names its frozen text encoder
+(`clip.load_text_encoder`), the prompt becomes token embeddings, `GuidedModel` applies classifier-free guidance
+(Ho & Salimans 2022), and a sampler from `course_lib.samplers` owns the loop. Nothing here does diffusion math.
+"""
+from __future__ import annotations
+
+import argparse
+import functools
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+
+import course_lib
+from course_lib import clip, pretrained
+from course_lib.guidance import GuidedModel
+from course_lib.pretrained import CheckpointError, CheckpointNotFoundError, Pretrained
+from course_lib.samplers import StepRecord, get_sampler, make_timesteps
+from course_lib.widgets.display import grid, label_rows, png_bytes, upscale
+
+DEFAULT_MODEL = "shapes32-t2i"  # the shipped text-to-image U-Net (retrain: python -m course_lib.train shapes32-t2i)
+
+
+@dataclass
+class Generation:
+    """What `generate` returns; everything on the CPU."""
+
+    images: torch.Tensor  # (n, C, H, W) final samples in [-1, 1] (not clipped: the sampler's output as is)
+    records: list[StepRecord]  # one per sampler step: x_t after the step and the predicted x0, for animations
+
+
+# ----- loading (cached: a notebook calling generate() in a loop loads each checkpoint once) ----------------------
+@functools.lru_cache(maxsize=4)
+def _load_cached(name: str, directory: Path | None, device: torch.device) -> Pretrained:
+    return pretrained.load(name, device=device, directory=directory)
+
+
+@functools.lru_cache(maxsize=4)
+def _load_text_encoder_cached(name: str, directory: Path | None, device: torch.device) -> clip.TextEncoder:
+    return clip.load_text_encoder(name, device=device, directory=directory)
+
+
+def clear_cache() -> None:
+    """Forget the loaded checkpoints and text encoders (e.g. after retraining one in the same kernel)."""
+    _load_cached.cache_clear()
+    _load_text_encoder_cached.cache_clear()
+
+
+def load_checkpoint(model="shapes32-t2i", device=None, directory=None) -> Pretrained:
+    """A checkpoint name -> `pretrained.load(...)`, loaded once per (name, directory, device); a Pretrained passes."""
+    if isinstance(model, Pretrained):
+        return model
+    directory = Path(directory).resolve() if directory is not None else None
+    return _load_cached(model, directory, _device(device))
+
+
+def load_text_encoder(p: Pretrained, device=None, directory=None) -> clip.TextEncoder | None:
+    """The frozen text encoder a checkpoint's JSON names ("text_encoder"), on device; None if it names none.
+
+    It is looked up in `directory` (the model's own directory; default data/checkpoints), loaded once.
+    """
+    name = p.meta.get("text_encoder")
+    if name is None:
+        return None
+    directory = Path(directory).resolve() if directory is not None else None
+    return _load_text_encoder_cached(name, directory, _device(device) if device is not None else model_device(p.model))
+
+
+def image_shape(p: Pretrained) -> tuple[int, int, int]:
+    """(C, H, W) of the samples a denoiser checkpoint makes: its training data size, else its config's image_size."""
+    config = p.meta.get("config") or {}
+    size = (p.meta.get("data") or {}).get("size") or config.get("image_size")
+    if size is None:
+        raise ValueError(f"checkpoint {p.meta.get('name')!r} records no image size (data.size or config.image_size)")
+    return int(config.get("in_channels", 3)), int(size), int(size)
+
+
+def model_device(model) -> torch.device:
+    """Where a model's weights live; course_lib.device() when it has none."""
+    try:
+        return next(model.parameters()).device
+    except (AttributeError, StopIteration):
+        return course_lib.device()
+
+
+# ----- the pipeline ------------------------------------------------------------------------------------------------
+def generate(prompt: str, *, steps: int = 20, guidance_scale: float = 5.0, sampler: str = "ddim", seed: int = 0,
+             n: int = 4, model="shapes32-t2i", device=None, directory=None, callback=None) -> Generation:
+    """Sample n images for a prompt with classifier-free guidance (Ho & Salimans 2022) and a DDIM/DDPM sampler.
+
+    prompt          a caption like "a small blue star at the top". The empty prompt "" is the *unconditional*
+                    prompt (the one the model saw when captions were dropped in training): it gives unconditional
+                    samples, whatever guidance_scale is.
+    steps           number of sampler steps (>= 1; trailing spacing, see `samplers.make_timesteps`)
+    guidance_scale  diffusers' convention: 1 = no guidance (the plain conditional model), 0 = ignore the prompt,
+                    > 1 = follow the prompt more strongly (fewer kinds of images)
+    sampler         a name from `samplers.SAMPLERS` ("ddim", "ddpm")
+    seed            seeds one CPU generator that draws x_T and the sampler's noise: the same images on every device
+    model           a text-conditional checkpoint name (in `directory`, default data/checkpoints) or a loaded
+                    `Pretrained`; its text encoder (named in its JSON) is loaded from the same directory
+    device          where to sample (default: a given Pretrained's device, else course_lib.device())
+    callback        called with each step's StepRecord (on the CPU), e.g. to show progress
+    """
+    _check_arguments(prompt, steps, guidance_scale, sampler, seed, n)
+    clip.tokenize(prompt)  # a too-long prompt fails here, before any checkpoint is loaded
+    if isinstance(model, Pretrained):
+        if device is not None and _device(device).type != model_device(model.model).type:
+            raise ValueError(f"device {device!r} differs from where the given model is "
+                             f"({model_device(model.model)}); move it with p.model.to(device), or pass device=None")
+        device = model_device(model.model)
+    p = load_checkpoint(model, device, directory)
+    encoder = load_text_encoder(p, device, directory)
+    if encoder is None or p.schedule is None:
+        raise ValueError(f"checkpoint {p.meta.get('name')!r} is not text-conditional (its JSON names no "
+                         f"text_encoder): generate() needs a text-conditional checkpoint such as {DEFAULT_MODEL!r}; "
+                         f"sample unconditional models with course_lib.samplers or DenoisingPlayer")
+    device = model_device(p.model)
+    p.model.eval()  # dropout off: the same seed must give the same images
+
+    eps_model = GuidedModel(p.model, *encoder(prompt), *encoder(""), guidance_scale)  # cond (1, L, D), uncond
+    generator = torch.Generator().manual_seed(int(seed))
+    x_T = torch.randn((n, *image_shape(p)), generator=generator).to(device)  # (n, C, H, W), drawn on the CPU
+    records = []
+
+    def on_step(record: StepRecord) -> None:
+        record = StepRecord(record.step, record.t, record.x_t.cpu(), record.x0.cpu())
+        records.append(record)
+        if callback is not None:
+            callback(record)
+
+    images = get_sampler(sampler)(eps_model, x_T, p.schedule, make_timesteps(p.schedule, steps),
+                                  callback=on_step, generator=generator)  # the generator goes on drawing DDPM noise
+    return Generation(images=images.float().cpu(), records=records)
+
+
+def _check_arguments(prompt, steps, guidance_scale, sampler, seed, n) -> None:
+    """Clear errors for the caller's mistakes, before anything slow happens."""
+    if not isinstance(prompt, str):
+        raise TypeError(f"prompt must be a str (\"\" is the unconditional prompt), got {type(prompt).__name__} "
+                        f"{prompt!r}")
+    for name, value, low, example in (("steps", steps, 1, 20), ("n", n, 1, 4), ("seed", seed, 0, 0)):
+        if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < low:
+            raise ValueError(f"{name} must be an int >= {low} (e.g. {name}={example}), got {value!r}")
+    if isinstance(guidance_scale, bool) or not isinstance(guidance_scale, (int, float)) or not guidance_scale >= 0:
+        raise ValueError(f"guidance_scale must be a number >= 0 (1 = no guidance, 5 = strong), got {guidance_scale!r}")
+    get_sampler(sampler)  # ValueError naming the valid samplers
+
+
+def _device(device) -> torch.device:
+    """device as a torch.device (None: course_lib.device()); ValueError for names this machine cannot use."""
+    if device is None:
+        return course_lib.device()
+    try:
+        device = torch.device(device)
+    except (RuntimeError, TypeError) as e:
+        raise ValueError(f"device {device!r} is not a device; use one of 'cpu', 'cuda', 'cuda:0', 'mps'") from e
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise ValueError(f"device {str(device)!r} but CUDA is not available here; use 'cpu'")
+    if device.type == "mps" and not torch.backends.mps.is_available():
+        raise ValueError(f"device {str(device)!r} but MPS is not available here; use 'cpu'")
+    return device
+
+
+# ----- files: a PNG grid and a GIF of the denoising -----------------------------------------------------------------
+def save_png(images: torch.Tensor, path, scale: int = 4) -> Path:
+    """The images (n, C, H, W) in [-1, 1] side by side, nearest-upscaled by `scale`, as a PNG file."""
+    path = Path(path)
+    path.write_bytes(png_bytes(grid(images, nrow=len(images)), scale=scale))
+    return path
+
+
+def save_gif(records: list[StepRecord], path, scale: int = 4, frame_ms: int = 150) -> Path:
+    """One GIF frame per sampler step: the samples x_t on top, the predicted x0 below; the last frame lingers."""
+    from PIL import Image
+
+    frames = []
+    for r in records:
+        tiles = grid(torch.cat([r.x_t[:, :3], r.x0[:, :3]]), nrow=len(r.x_t))  # (2 rows, n columns) of images
+        # the step number in the label also keeps Pillow from merging two look-alike frames into one
+        labels = [f"x_t {r.step + 1}/{len(records)}", "predicted x0"]
+        frames.append(Image.fromarray(label_rows(upscale(tiles, scale), labels)))
+    durations = [frame_ms] * (len(frames) - 1) + [2000]
+    path = Path(path)
+    frames[0].save(path, save_all=True, append_images=frames[1:], duration=durations, loop=0)
+    return path
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(prog="python -m course_lib.generate",
+                                     description="Generate images from a text prompt with a text-to-image checkpoint.")
+    parser.add_argument("prompt", help='e.g. "a small blue star at the top"; "" = unconditional samples')
+    parser.add_argument("--steps", type=int, default=20, help="sampler steps (default 20)")
+    parser.add_argument("--guidance-scale", type=float, default=5.0, help="CFG scale: 1 = none, 0 = ignore prompt")
+    parser.add_argument("--sampler", default="ddim", help="ddim or ddpm (default ddim)")
+    parser.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
+    parser.add_argument("-n", type=int, default=4, help="number of images (default 4)")
+    parser.add_argument("-o", "--out", default="generated.png", help="PNG file to write (default generated.png)")
+    parser.add_argument("--gif", action="store_true", help="also write <out stem>.gif: the denoising, step by step")
+    parser.add_argument("--model", default=DEFAULT_MODEL, help=f"checkpoint name (default {DEFAULT_MODEL})")
+    parser.add_argument("--checkpoint-dir", default=None,
+                        help=f"where the checkpoints are (default {pretrained.CHECKPOINT_DIR})")
+    parser.add_argument("--device", default=None, help="cpu, cuda, mps (default: course_lib.device())")
+    parser.add_argument("--scale", type=int, default=4, help="pixel upscale of the written images (default 4)")
+    args = parser.parse_args(argv)
+    out = Path(args.out)
+    if out.suffix.lower() != ".png":
+        parser.error(f"--out must name a .png file, got {args.out!r}")
+    if args.scale < 1:
+        parser.error(f"--scale must be an int >= 1, got {args.scale}")
+    try:
+        result = generate(args.prompt, steps=args.steps, guidance_scale=args.guidance_scale, sampler=args.sampler,
+                          seed=args.seed, n=args.n, model=args.model, device=args.device,
+                          directory=args.checkpoint_dir)
+    except (TypeError, ValueError, CheckpointNotFoundError, CheckpointError) as e:
+        parser.error(str(e))  # one line and exit status 2, not a traceback
+    out.parent.mkdir(parents=True, exist_ok=True)
+    written = [save_png(result.images, out, scale=args.scale)]
+    if args.gif:
+        written.append(save_gif(result.records, out.with_suffix(".gif"), scale=args.scale))
+    print(f"wrote {', '.join(str(p) for p in written)}")
+
+
+if __name__ == "__main__":
+    main()
