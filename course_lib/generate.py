@@ -56,7 +56,7 @@ def load_checkpoint(model="shapes32-t2i", device=None, directory=None) -> Pretra
     if isinstance(model, Pretrained):
         return model
     directory = Path(directory).resolve() if directory is not None else None
-    return _load_cached(model, directory, _device(device))
+    return _load_cached(model, directory, course_lib.device(device))
 
 
 def load_text_encoder(p: Pretrained, device=None, directory=None) -> clip.TextEncoder | None:
@@ -68,7 +68,8 @@ def load_text_encoder(p: Pretrained, device=None, directory=None) -> clip.TextEn
     if name is None:
         return None
     directory = Path(directory).resolve() if directory is not None else None
-    return _load_text_encoder_cached(name, directory, _device(device) if device is not None else model_device(p.model))
+    device = course_lib.device(device) if device is not None else course_lib.device_of(p.model)
+    return _load_text_encoder_cached(name, directory, device)
 
 
 def image_shape(p: Pretrained) -> tuple[int, int, int]:
@@ -78,14 +79,6 @@ def image_shape(p: Pretrained) -> tuple[int, int, int]:
     if size is None:
         raise ValueError(f"checkpoint {p.meta.get('name')!r} records no image size (data.size or config.image_size)")
     return int(config.get("in_channels", 3)), int(size), int(size)
-
-
-def model_device(model) -> torch.device:
-    """Where a model's weights live; course_lib.device() when it has none."""
-    try:
-        return next(model.parameters()).device
-    except (AttributeError, StopIteration):
-        return course_lib.device()
 
 
 # ----- the pipeline ------------------------------------------------------------------------------------------------
@@ -109,17 +102,17 @@ def generate(prompt: str, *, steps: int = 20, guidance_scale: float = 5.0, sampl
     _check_arguments(prompt, steps, guidance_scale, sampler, seed, n)
     clip.tokenize(prompt)  # a too-long prompt fails here, before any checkpoint is loaded
     if isinstance(model, Pretrained):
-        if device is not None and _device(device).type != model_device(model.model).type:
+        if device is not None and course_lib.device(device).type != course_lib.device_of(model.model).type:
             raise ValueError(f"device {device!r} differs from where the given model is "
-                             f"({model_device(model.model)}); move it with p.model.to(device), or pass device=None")
-        device = model_device(model.model)
+                             f"({course_lib.device_of(model.model)}); move it with p.model.to(device), or pass device=None")
+        device = course_lib.device_of(model.model)
     p = load_checkpoint(model, device, directory)
     encoder = load_text_encoder(p, device, directory)
     if encoder is None or p.schedule is None:
         raise ValueError(f"checkpoint {p.meta.get('name')!r} is not text-conditional (its JSON names no "
                          f"text_encoder): generate() needs a text-conditional checkpoint such as {DEFAULT_MODEL!r}; "
                          f"sample unconditional models with course_lib.samplers or DenoisingPlayer")
-    device = model_device(p.model)
+    device = course_lib.device_of(p.model)
     p.model.eval()  # dropout off: the same seed must give the same images
 
     eps_model = GuidedModel(p.model, *encoder(prompt), *encoder(""), guidance_scale)  # cond (1, L, D), uncond
@@ -149,21 +142,6 @@ def _check_arguments(prompt, steps, guidance_scale, sampler, seed, n) -> None:
     if isinstance(guidance_scale, bool) or not isinstance(guidance_scale, (int, float)) or not guidance_scale >= 0:
         raise ValueError(f"guidance_scale must be a number >= 0 (1 = no guidance, 5 = strong), got {guidance_scale!r}")
     get_sampler(sampler)  # ValueError naming the valid samplers
-
-
-def _device(device) -> torch.device:
-    """device as a torch.device (None: course_lib.device()); ValueError for names this machine cannot use."""
-    if device is None:
-        return course_lib.device()
-    try:
-        device = torch.device(device)
-    except (RuntimeError, TypeError) as e:
-        raise ValueError(f"device {device!r} is not a device; use one of 'cpu', 'cuda', 'cuda:0', 'mps'") from e
-    if device.type == "cuda" and not torch.cuda.is_available():
-        raise ValueError(f"device {str(device)!r} but CUDA is not available here; use 'cpu'")
-    if device.type == "mps" and not torch.backends.mps.is_available():
-        raise ValueError(f"device {str(device)!r} but MPS is not available here; use 'cpu'")
-    return device
 
 
 # ----- files: a PNG grid and a GIF of the denoising -----------------------------------------------------------------

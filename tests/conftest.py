@@ -87,6 +87,18 @@ def save_t2i_checkpoints(directory: Path) -> Path:
     return directory
 
 
+@pytest.fixture(scope="session", autouse=True)
+def one_torch_thread():
+    """Unit tests run torch on one thread: the models are tiny, the numbers repeat, and a shared 2-core machine
+    does not thrash (notebooks and browser kernels run in their own processes and keep their defaults)."""
+    import torch
+
+    previous = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(previous)
+
+
 @pytest.fixture(scope="session")
 def t2i_checkpoints(tmp_path_factory) -> Path:
     """A directory holding throwaway shapes-clip, shapes32-t2i and shapes32-unet checkpoints (see above)."""

@@ -15,15 +15,6 @@ from course_lib.models.classifier import (VOCAB, ClassifierConfig, ClassifierTra
 from course_lib.pretrained import CheckpointNotFoundError
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    # The CPU is shared: one thread keeps this file fast and the numbers reproducible.
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 @pytest.fixture(scope="module")
 def model():
     torch.manual_seed(0)

@@ -23,15 +23,6 @@ REPO = Path(__file__).resolve().parents[1]
 PROMPT = "a small blue star at the top"
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    """The CPU is shared: small models gain nothing from threads."""
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(previous)
-
-
 @pytest.fixture
 def run(t2i_checkpoints):
     """generate() on the throwaway checkpoints, small and on the CPU."""

@@ -52,14 +52,6 @@ from course_lib.metrics import (attribute_accuracy, classifier_features, feature
 from course_lib.models.classifier import shapes_classifier  # noqa: E402
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)  # the CPU is shared with other jobs
-    yield
-    torch.set_num_threads(threads)
-
-
 class OracleClassifier:
     """A deterministic stand-in for a perfect classifier: it looks each image up in a table of known renders."""
 

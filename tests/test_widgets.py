@@ -15,15 +15,6 @@ from course_lib.widgets import DenoisingPlayer, NoisingExplorer, grid, png_bytes
 SIZE = 16  # small images keep the sampler tests at a fraction of a second
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_torch_thread():
-    """Tiny 16 px models gain nothing from threads, and OpenMP spin-waiting on a busy 2-core box costs ~10x."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
 def decode_png(data: bytes) -> np.ndarray:
     """PNG bytes -> uint8 (H, W, 3) array."""
     return np.asarray(Image.open(io.BytesIO(data)).convert("RGB"))

@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 import ipywidgets as widgets
 import torch
 
-from .. import device as default_device
+from .. import device_of
 from ..guidance import GuidedModel
 from ..samplers import SAMPLERS, StepRecord, get_sampler, make_timesteps
 from .display import grid, label_rows, png_bytes, to_uint8, upscale
@@ -64,7 +64,7 @@ class DenoisingPlayer(widgets.VBox):
                              f"got {guidance_scale!r}")
         self.model, self.schedule, self.decode = model, schedule, decode
         self.n, self.image_size, self.channels, self.scale = n, image_size, channels, scale
-        self.device = torch.device(device) if device is not None else _model_device(model)
+        self.device = torch.device(device) if device is not None else device_of(model)
         self.eps_model = eps_model if eps_model is not None else (lambda x, t: self.model(x, t))
         self.text_encoder = text_encoder
         self._encodings: dict[str, tuple[torch.Tensor, torch.Tensor]] = {}  # prompt -> (tokens, mask), on device
@@ -257,14 +257,6 @@ class DenoisingPlayer(widgets.VBox):
         if x.shape[1] == 1:
             x = x.expand(-1, 3, -1, -1)  # (B, 3, H, W)
         return x[:, :3].float()
-
-
-def _model_device(model) -> torch.device:
-    """Where the model's weights live; course_lib.device() when it has none."""
-    try:
-        return next(model.parameters()).device
-    except (AttributeError, StopIteration):
-        return default_device()
 
 
 def _model_dtype(model) -> torch.dtype:
