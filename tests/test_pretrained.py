@@ -150,3 +150,26 @@ def test_train_cli_writes_a_loadable_checkpoint_and_preview(tmp_path, capsys):
     with pytest.raises(SystemExit):
         main(["no-such-recipe"])
     assert "valid recipes: shapes32-unet, shapes32-t2i, toy2d-mlp, shapes-clip, shapes-classifier" in capsys.readouterr().err
+
+
+def test_init_from_checkpoint_copies_every_weight_and_leaves_added_layers_at_zero(tmp_path, monkeypatch):
+    from course_lib.train import init_from_checkpoint
+
+    monkeypatch.setattr(pretrained, "CHECKPOINT_DIR", tmp_path)
+    torch.manual_seed(0)
+    base = unet_tiny()
+    save("base", base, schedule_name="linear", directory=tmp_path)
+    torch.manual_seed(1)
+    cond = unet_tiny(cond_dim=8)  # the same U-Net plus cross-attention layers
+    added = init_from_checkpoint(cond, "base")
+    assert added and all(".cross." in k for k in added)
+    for k, v in base.state_dict().items():  # fp16 on disk: equal to the saved weights' half precision
+        torch.testing.assert_close(cond.state_dict()[k], v.half().float())
+    x, t = torch.randn(2, 3, 32, 32), torch.tensor([10, 500])
+    tokens, mask = torch.randn(2, 5, 8), torch.ones(2, 5, dtype=torch.bool)
+    # Cross-attention starts as a zero map, so the fine-tuned model begins exactly where the base model was.
+    with torch.no_grad():
+        torch.testing.assert_close(cond.eval()(x, t, cond=tokens, cond_mask=mask), load("base", device="cpu",
+                                   directory=tmp_path).model(x, t), rtol=1e-5, atol=1e-5)
+    with pytest.raises(ValueError, match="does not fit this model"):
+        init_from_checkpoint(unet_tiny(base_channels=8), "base")
