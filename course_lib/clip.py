@@ -322,10 +322,15 @@ def zero_shot_prompts(attribute: str) -> tuple[tuple[str, ...], list[str]]:
 
 @functools.lru_cache(maxsize=1)
 def _ensemble_scenes() -> tuple[list, torch.Tensor]:
-    """Every scene (all 840 attribute combinations), each with one training template (cycled), tokenized once."""
+    """Every scene (all 840 attribute combinations) as a training-style caption naming all its attributes.
+
+    Only the templates that mention the background are used (cycled): a caption without it would score both
+    backgrounds alike and blur that attribute's vote.
+    """
     every_value = [values for values, _ in ZERO_SHOT.values()]
     scenes = [Attributes(**dict(zip(ZERO_SHOT, combo))) for combo in itertools.product(*every_value)]
-    return scenes, tokenize([caption(a, i % len(TEMPLATES)) for i, a in enumerate(scenes)])  # (S, L)
+    full = [i for i, template in enumerate(TEMPLATES) if "{background}" in template]
+    return scenes, tokenize([caption(a, full[i % len(full)]) for i, a in enumerate(scenes)])  # (S, L)
 
 
 def _value_scores(model, images: torch.Tensor, attribute: str, ensemble: bool, scene_embeddings=None):

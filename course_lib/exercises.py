@@ -91,3 +91,117 @@ def check_ddim_step(fn: Callable) -> None:
         _close(fn(x_t, eps, ab, ab_prev), want, f"t={t} -> {t_prev}",
                "Predict x0 first, then re-noise it to the *previous* level with the *same* eps.", atol=1e-4)
     print("✓ the DDIM step is right")
+
+
+# ----- chapter 5: CLIP ---------------------------------------------------------------------------------------
+
+def _clip_cases():
+    """Raw (unnormalised) image / text features of very different lengths, and logit scales s = e^t."""
+    g = torch.Generator().manual_seed(5)
+    for batch, dim, scale in ((8, 16, 14.3), (5, 4, 100.0), (12, 32, 3.0)):
+        norms = torch.rand(batch, 1, generator=g) * 4 + 0.2  # lengths 0.2..4.2: normalising matters
+        image = torch.randn(batch, dim, generator=g) * norms
+        text = torch.randn(batch, dim, generator=g) * norms.flip(0)
+        text[0] = text[0] + 2 * image[0]  # some structure, so logits are neither symmetric nor flat
+        yield image, text, torch.tensor(scale)
+
+
+def _diagnose(got, variants: dict, fallback: str) -> str:
+    """The hint of the first known wrong variant `got` matches, else `fallback`."""
+    for hint, value in variants.items():
+        if isinstance(got, torch.Tensor) and got.shape == value.shape and torch.allclose(got.double(), value.double(),
+                                                                                      atol=1e-5):
+            return hint
+    return fallback
+
+
+def check_clip_loss(fn: Callable) -> None:
+    """Chapter 5: `fn(image_features, text_features, logit_scale)` must be CLIP's symmetric InfoNCE loss.
+
+    The features are raw (not yet normalised) and `logit_scale` is the multiplier s; the reference is open_clip's
+    `ClipLoss` on the normalised features.
+    """
+    import torch.nn.functional as F
+    from open_clip.loss import ClipLoss
+
+    for image, text, scale in _clip_cases():
+        img, txt = F.normalize(image, dim=-1), F.normalize(text, dim=-1)
+        want = ClipLoss()(img, txt, scale)
+        labels = torch.arange(len(image))
+        logits = scale * img @ txt.T
+        variants = {
+            "Only one direction: average the image->text and the text->image cross-entropies (logits and logits.T).":
+                F.cross_entropy(logits, labels),
+            "Normalise both feature sets to unit length first (F.normalize(x, dim=-1)): CLIP compares directions.":
+                (F.cross_entropy(scale * image @ text.T, labels) + F.cross_entropy(scale * text @ image.T, labels)) / 2,
+            "The scale multiplies the cosine similarities as it is: logit_scale is already s = e^t, don't exp it.":
+                (F.cross_entropy(scale.exp() * logits / scale, labels)
+                 + F.cross_entropy(scale.exp() * logits.T / scale, labels)) / 2,
+            "Multiply the cosine similarities by logit_scale (don't divide by it, don't leave it out).":
+                (F.cross_entropy(logits / scale**2, labels) + F.cross_entropy(logits.T / scale**2, labels)) / 2,
+            "Leave the scale in: without it the logits stay in [-1, 1] and the softmax is nearly flat.":
+                (F.cross_entropy(logits / scale, labels) + F.cross_entropy(logits.T / scale, labels)) / 2,
+            "The two cross-entropies are averaged, not added.":
+                F.cross_entropy(logits, labels) + F.cross_entropy(logits.T, labels),
+        }
+        got = fn(image.clone(), text.clone(), scale.clone())
+        hint = _diagnose(got, variants, "logits = s * norm(img) @ norm(txt).T; the right pair is on the diagonal; "
+                                        "loss = (CE(logits, I) + CE(logits.T, I)) / 2.")
+        _close(got, want, f"batch of {len(image)}, s={scale.item():g}", hint, atol=1e-5)
+    print("✓ your loss equals open_clip's ClipLoss")
+
+
+def check_zero_shot_probs(fn: Callable) -> None:
+    """Chapter 5: `fn(image_features, text_features, logit_scale)` -> (N images, V prompts) probabilities.
+
+    p(prompt v | image n) = softmax over v of s * cos(image_n, text_v): CLIP zero-shot classification.
+    """
+    import torch.nn.functional as F
+
+    for image, text, scale in _clip_cases():
+        text = text[:3]  # fewer prompts than images: a transposed answer has the wrong shape
+        img, txt = F.normalize(image, dim=-1), F.normalize(text, dim=-1)
+        cos = img @ txt.T  # (N, V)
+        want = (scale * cos).softmax(dim=1)
+        variants = {
+            "Each *image* picks among the prompts: the softmax runs over the prompts (dim=1), so every row sums to 1.":
+                (scale * cos).softmax(dim=0),
+            "Normalise both feature sets to unit length first (F.normalize(x, dim=-1)).":
+                (scale * image @ text.T).softmax(dim=1),
+            "Multiply the cosine similarities by logit_scale before the softmax: it sets how peaked it is.":
+                cos.softmax(dim=1),
+            "logit_scale is already s = e^t: multiply by it as it is.":
+                (scale.exp() * cos).softmax(dim=1),
+        }
+        got = fn(image.clone(), text.clone(), scale.clone())
+        hint = _diagnose(got, variants, "p = softmax(s * norm(img) @ norm(txt).T, dim=1), shape (N images, V prompts).")
+        _close(got, want, f"{len(image)} images, {len(text)} prompts, s={scale.item():g}", hint, atol=1e-5)
+    print("✓ zero-shot probabilities are right")
+
+
+def check_recall_at_k(fn: Callable) -> None:
+    """Chapter 5: `fn(similarity, k)` with similarity (N images, N captions), caption j describing image j, must
+    return the fraction of captions whose own image is among the k images most similar to it (text -> image)."""
+    g = torch.Generator().manual_seed(6)
+    sims = torch.randn(40, 40, generator=g)
+    sims += 1.5 * torch.eye(40) + 1.5 * torch.randn(40, 1, generator=g)  # some images are similar to everything
+    for k in (1, 3, 5, 10):
+        want = (sims.topk(k, dim=0).indices == torch.arange(40)).any(dim=0).float().mean().item()
+        variants = {
+            "For each *caption* (a column), rank the images (dim=0): this is text -> image retrieval.":
+                (sims.topk(k, dim=1).indices == torch.arange(40)[:, None]).any(dim=1).float().mean().item(),
+            "Top-k means the k best images, no more and no fewer (check k = 1: it is top-1 retrieval).":
+                (sims.topk(k + 1, dim=0).indices == torch.arange(40)).any(dim=0).float().mean().item(),
+            "The k best are the k *largest* similarities.":
+                (sims.topk(k, dim=0, largest=False).indices == torch.arange(40)).any(dim=0).float().mean().item(),
+        }
+        got = fn(sims.clone(), k)
+        got = got.item() if isinstance(got, torch.Tensor) and got.numel() == 1 else got
+        if not isinstance(got, (float, int)) or isinstance(got, bool):
+            raise AssertionError(f"k={k}: expected a number (a fraction between 0 and 1), got {type(got).__name__}")
+        if abs(got - want) > 1e-6:
+            hint = next((h for h, v in variants.items() if abs(got - v) <= 1e-6 and abs(v - want) > 1e-6),
+                        "Column j holds caption j's similarity to every image; count the columns whose diagonal "
+                        "entry is among their k largest, divide by N.")
+            raise AssertionError(f"k={k}: got {got:.4f}, expected {want:.4f}. {hint}")
+    print("✓ recall@k is right")

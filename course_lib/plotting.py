@@ -6,8 +6,11 @@ import matplotlib.pyplot as plt
 from .widgets.display import to_uint8
 
 
-def show_images(images, titles=None, ncols=None, scale=1.6, suptitle=None):
-    """Show a batch (B, C, H, W) or a list of (C, H, W) images in a grid; returns the figure."""
+def show_images(images, titles=None, ncols=None, scale=1.6, suptitle=None) -> None:
+    """Show a batch (B, C, H, W) or a list of (C, H, W) images in a grid.
+
+    Returns nothing: a returned figure, as the last line of a notebook cell, would be drawn a second time.
+    """
     images = list(images)
     n = len(images)
     ncols = ncols or min(n, 8)
@@ -25,4 +28,3 @@ def show_images(images, titles=None, ncols=None, scale=1.6, suptitle=None):
         fig.suptitle(suptitle)
     fig.tight_layout()
     plt.show()
-    return fig

@@ -62,3 +62,83 @@ def test_ddim_step_checker():
     for fn in wrong:
         with pytest.raises(AssertionError):
             check_ddim_step(fn)
+
+
+# ----- chapter 5: CLIP -----------------------------------------------------------------------------------------
+
+def _clip_loss(image, text, scale, one_sided=False, normalise=True, scale_fn=lambda s: s, reduce=0.5):
+    import torch.nn.functional as F
+
+    if normalise:
+        image, text = F.normalize(image, dim=-1), F.normalize(text, dim=-1)
+    logits = scale_fn(scale) * image @ text.T
+    labels = torch.arange(len(image))
+    if one_sided:
+        return F.cross_entropy(logits, labels)
+    return reduce * (F.cross_entropy(logits, labels) + F.cross_entropy(logits.T, labels))
+
+
+def test_clip_loss_checker(capsys):
+    from course_lib.exercises import check_clip_loss
+
+    check_clip_loss(_clip_loss)
+    assert "ClipLoss" in capsys.readouterr().out
+    wrong = {
+        "one direction": (lambda i, t, s: _clip_loss(i, t, s, one_sided=True), "one direction"),
+        "text side only": (lambda i, t, s: _clip_loss(t, i, s, one_sided=True), "logits = s"),
+        "no normalisation": (lambda i, t, s: _clip_loss(i, t, s, normalise=False), "Normalise"),
+        "exp of the scale": (lambda i, t, s: _clip_loss(i, t, s, scale_fn=torch.exp), "don't exp"),
+        "divides by the scale": (lambda i, t, s: _clip_loss(i, t, s, scale_fn=lambda s: 1 / s), "don't divide"),
+        "no scale": (lambda i, t, s: _clip_loss(i, t, s, scale_fn=lambda s: 1.0), "Leave the scale in"),
+        "sum of both": (lambda i, t, s: _clip_loss(i, t, s, reduce=1.0), "averaged"),
+        "a float": (lambda i, t, s: 0.0, "torch.Tensor"),
+    }
+    for name, (fn, message) in wrong.items():
+        with pytest.raises(AssertionError, match=message):
+            check_clip_loss(fn)
+
+
+def test_zero_shot_probs_checker():
+    import torch.nn.functional as F
+    from course_lib.exercises import check_zero_shot_probs
+
+    def probs(i, t, s, dim=1, normalise=True, scale_fn=lambda s: s):
+        if normalise:
+            i, t = F.normalize(i, dim=-1), F.normalize(t, dim=-1)
+        return (scale_fn(s) * i @ t.T).softmax(dim=dim)
+
+    check_zero_shot_probs(probs)
+    wrong = {
+        "softmax over images": (lambda i, t, s: probs(i, t, s, dim=0), "dim=1"),
+        "no normalisation": (lambda i, t, s: probs(i, t, s, normalise=False), "Normalise"),
+        "no scale": (lambda i, t, s: probs(i, t, s, scale_fn=lambda s: 1.0), "Multiply"),
+        "exp of the scale": (lambda i, t, s: probs(i, t, s, scale_fn=torch.exp), "already"),
+        "transposed": (lambda i, t, s: probs(t, i, s), "shape"),
+        "similarities, not probabilities": (lambda i, t, s: F.normalize(i, dim=-1) @ F.normalize(t, dim=-1).T, "off by"),
+    }
+    for name, (fn, message) in wrong.items():
+        with pytest.raises(AssertionError, match=message):
+            check_zero_shot_probs(fn)
+
+
+def test_recall_at_k_checker():
+    from course_lib.exercises import check_recall_at_k
+
+    def recall(sims, k, dim=0, extra=0, largest=True):
+        ranked = sims.topk(k + extra, dim=dim, largest=largest).indices
+        own = torch.arange(len(sims))
+        hits = (ranked == own).any(dim=0) if dim == 0 else (ranked == own[:, None]).any(dim=1)
+        return hits.float().mean().item()
+
+    check_recall_at_k(recall)
+    check_recall_at_k(lambda sims, k: (sims.topk(k, dim=0).indices == torch.arange(len(sims))).any(0).float().mean())
+    wrong = {
+        "image -> text": (lambda s, k: recall(s, k, dim=1), "dim=0"),
+        "k + 1": (lambda s, k: recall(s, k, extra=1), "no more"),
+        "smallest": (lambda s, k: recall(s, k, largest=False), "largest"),
+        "a count, not a fraction": (lambda s, k: recall(s, k) * len(s), "expected"),
+        "a tensor of hits": (lambda s, k: (s.topk(k, dim=0).indices == torch.arange(len(s))).any(0), "a number"),
+    }
+    for name, (fn, message) in wrong.items():
+        with pytest.raises(AssertionError, match=message):
+            check_recall_at_k(fn)
