@@ -20,8 +20,9 @@ $(STAMP): requirements.txt pyproject.toml
 	$(PY) -m pip install --no-deps -e .
 	touch $(STAMP)
 
+# Inside containers people often are root, which Jupyter refuses without --allow-root.
 lab: $(STAMP)
-	$(VENV)/bin/jupyter lab notebooks/
+	$(VENV)/bin/jupyter lab notebooks/ $(if $(filter 0,$(shell id -u)),--allow-root)
 
 # Unit tests, every notebook re-executed by nbval, and the real-browser widget tests.
 test: $(STAMP)
