@@ -7,7 +7,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from .unet import broadcast_timesteps, timestep_embedding
+from .unet import TimestepEmbedder, broadcast_timesteps
 
 
 @dataclass
@@ -29,8 +29,7 @@ class MLPDenoiser(nn.Module):
     def __init__(self, config: MLPConfig):
         super().__init__()
         self.config = cfg = config
-        self.time_mlp = nn.Sequential(nn.Linear(cfg.time_embed_dim, cfg.hidden), nn.SiLU(),
-                                      nn.Linear(cfg.hidden, cfg.hidden))
+        self.time_embed = TimestepEmbedder(cfg.time_embed_dim, cfg.hidden)  # the U-Net's: sinusoid -> 2-layer MLP
         self.inp = nn.Linear(cfg.dim, cfg.hidden)
         self.blocks = nn.ModuleList(nn.Linear(cfg.hidden, cfg.hidden) for _ in range(cfg.depth))
         self.out = nn.Linear(cfg.hidden, cfg.dim)
@@ -42,7 +41,7 @@ class MLPDenoiser(nn.Module):
         if cond is not None or cond_mask is not None:
             raise ValueError("MLPDenoiser is unconditional: it takes no cond / cond_mask")
         t = broadcast_timesteps(t, x_t.shape[0], x_t.device)
-        temb = self.time_mlp(timestep_embedding(t, self.config.time_embed_dim))  # (B, hidden)
+        temb = self.time_embed(t)  # (B, hidden)
         h = self.inp(x_t) + temb  # (B, hidden)
         for layer in self.blocks:
             h = h + layer(F.silu(h))  # residual: keeps a deep-ish MLP easy to optimise
