@@ -173,11 +173,9 @@ def main(argv: list[str] | None = None) -> None:
             parser.error(f"{e}, {', '.join(others)}")
     if args.device is not None:
         try:
-            device = torch.device(args.device)
-        except RuntimeError:
-            parser.error(f"--device {args.device!r} is not a device; use cpu, cuda, cuda:0 or mps")
-        if device.type == "cuda" and not torch.cuda.is_available():
-            parser.error("--device cuda, but CUDA is not available here; use --device cpu")
+            course_lib.device(args.device)  # the one device parser: typos, and cuda/mps where there is none
+        except ValueError as e:
+            parser.error(f"--device: {e}")
     command = shlex.join(["python", "-m", "course_lib.train", *argv])
     if args.recipe in others:
         others[args.recipe](args.out, device=args.device, command=command, steps=args.steps, batch_size=args.batch_size)

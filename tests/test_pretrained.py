@@ -173,3 +173,15 @@ def test_init_from_checkpoint_copies_every_weight_and_leaves_added_layers_at_zer
                                    directory=tmp_path).model(x, t), rtol=1e-5, atol=1e-5)
     with pytest.raises(ValueError, match="does not fit this model"):
         init_from_checkpoint(unet_tiny(base_channels=8), "base")
+
+
+def test_train_cli_rejects_a_device_this_machine_cannot_use(capsys):
+    from course_lib.train import main
+
+    with pytest.raises(SystemExit):
+        main(["toy2d-mlp", "--device", "gpu0"])
+    assert "--device: device 'gpu0' is not a device; use one of 'cpu', 'cuda'" in capsys.readouterr().err
+    if not torch.cuda.is_available():
+        with pytest.raises(SystemExit):
+            main(["toy2d-mlp", "--device", "cuda"])
+        assert "CUDA is not available here; use 'cpu'" in capsys.readouterr().err
