@@ -1,15 +1,18 @@
 """Recreate a shipped checkpoint: `python -m course_lib.train RECIPE [--out DIR] [--steps N] [--batch-size N]`.
 
-(`--device D` picks the device; default `course_lib.device()`.)
+(`--device D` picks the device; default `course_lib.device()`. `--time-budget SECONDS` measures the throughput
+for a few steps first and trains as many steps as fit; the JSON then records the plain `--steps N` command.)
 
 Denoisers train with `course_lib.training.train`; the two helper models (the CLIP whose text tokens condition
-the text-to-image U-Net, and the attribute classifier behind `course_lib.metrics`) have trainers of their own.
+the text-to-image U-Net, the attribute classifier behind `course_lib.metrics`, and the VAE of latent diffusion)
+have trainers of their own. A recipe with a `vae` trains on that VAE's scaled latents of its images.
 
 Trains the recipe (resuming from `<out>/<name>.train.safetensors` if a previous run was interrupted), saves the
 EMA weights with `course_lib.pretrained.save`, and writes `<name>.png`, a preview of samples (DDIM, 50 steps).
 """
 from __future__ import annotations
 
+import copy
 import dataclasses
 import platform
 import shlex
@@ -46,8 +49,10 @@ def sample_preview(model, schedule, recipe: Recipe, n: int, device, seed: int = 
     """n samples with DDIM (eta = 0, `recipe.sample_steps` trailing steps), on the CPU, in [-1, 1] for images.
 
     Text-conditioned recipes sample the first n captions of a fresh dataset (seed 1) with classifier-free guidance.
+    Latent recipes return the sampled latents; `decode` them for a look.
     """
-    shape = (n, 3, recipe.data.size, recipe.data.size) if recipe.data.dataset == "shapes" else (n, 2)
+    cfg = model.config
+    shape = (n, cfg.in_channels, cfg.image_size, cfg.image_size) if recipe.data.dataset == "shapes" else (n, 2)
     generator = torch.Generator(device="cpu").manual_seed(seed)
     x = torch.randn(shape, generator=generator).to(device)
     timesteps = make_timesteps(schedule, recipe.sample_steps)
@@ -98,9 +103,45 @@ def init_from_checkpoint(model: torch.nn.Module, name: str) -> list[str]:
     return [k for k in own if k not in source]
 
 
+def fitting_steps(model, schedule, data, config: TrainConfig, seconds: float, *, cond=None, empty=None,
+                  device=None) -> int:
+    """How many steps of `config` fit in `seconds`: time 40 steps on a throwaway copy (after 10 warm-up steps).
+
+    Rounded down to a multiple of 100, at least config.warmup + 100.
+    """
+    probe = dataclasses.replace(config, steps=10, warmup=0, ckpt_every=0)
+    train(copy.deepcopy(model), schedule, data, probe, cond_data=cond, empty_cond=empty, device=device,
+          progress=False)  # warm-up: cuDNN autotuning, allocator, lazy initialisation
+    timed = train(copy.deepcopy(model), schedule, data, dataclasses.replace(probe, steps=40), cond_data=cond,
+                  empty_cond=empty, device=device, progress=False)
+    steps = int(seconds * 40 / timed.seconds) // 100 * 100
+    print(f"time budget {seconds:.0f} s at {40 / timed.seconds:.1f} steps/s -> {steps} steps")
+    return max(steps, config.warmup + 100)
+
+
+def _command_with_steps(command: str | None, steps: int) -> str | None:
+    """`command` with --time-budget (and --out) dropped and --steps set: the run's reproducible form."""
+    if command is None:
+        return None
+    words, kept = shlex.split(command), []
+    skip = False
+    for word in words:
+        if skip:
+            skip = False
+        elif word in ("--time-budget", "--out", "--steps"):
+            skip = True
+        elif not word.startswith(("--time-budget=", "--out=", "--steps=")):
+            kept.append(word)
+    return shlex.join([*kept, "--steps", str(steps)])
+
+
 def run(recipe: Recipe, *, out=None, steps=None, batch_size=None, device=None, command=None,
-        progress=True) -> Path:
-    """Train `recipe`, save its EMA weights + JSON + preview PNG in `out`; returns the weights path."""
+        progress=True, time_budget: float | None = None) -> Path:
+    """Train `recipe`, save its EMA weights + JSON + preview PNG in `out`; returns the weights path.
+
+    time_budget: seconds to train for: measure the throughput, then train `fitting_steps` steps (capped by
+    `steps` when that is given too). The JSON's command is then the equivalent `--steps N` run.
+    """
     out = Path(out) if out is not None else pretrained.CHECKPOINT_DIR
     overrides = {k: v for k, v in (("steps", steps), ("batch_size", batch_size)) if v is not None}
     config: TrainConfig = dataclasses.replace(recipe.train, **overrides)
@@ -114,6 +155,12 @@ def run(recipe: Recipe, *, out=None, steps=None, batch_size=None, device=None, c
         print(f"initialised from {recipe.init_from}; {len(added)} new tensors keep their fresh init")
     schedule = NoiseSchedule.from_name(recipe.schedule, recipe.num_train_timesteps)
     data = load_data(recipe.data)
+    vae = None
+    if recipe.vae is not None:  # latent diffusion: the denoiser only ever sees scaled latents
+        from course_lib.latent import encode_latents, load_vae
+
+        vae = load_vae(recipe.vae, device=device)
+        data = encode_latents(vae, data)  # (N, 4, H/8, W/8)
     state_path = out / f"{recipe.name}.train.safetensors"  # resumable training state, removed on success
 
     encoder = cond = empty = None
@@ -125,6 +172,10 @@ def run(recipe: Recipe, *, out=None, steps=None, batch_size=None, device=None, c
         tokens, mask = encoder("")  # a dropped caption becomes the empty prompt: the unconditional input
         empty = (tokens[0], mask[0])
 
+    if time_budget is not None:
+        fit = fitting_steps(model, schedule, data, config, time_budget, cond=cond, empty=empty, device=device)
+        config = dataclasses.replace(config, steps=min(fit, steps) if steps is not None else fit)
+        command = _command_with_steps(command, config.steps)
     print(f"training {recipe.name}: {sum(p.numel() for p in model.parameters()) / 1e6:.2f}M parameters, "
           f"{config.steps} steps x {config.batch_size} on {device_name(device)}")
     result = train(model, schedule, data, config, cond_data=cond, empty_cond=empty, ckpt_path=state_path,
@@ -134,11 +185,15 @@ def run(recipe: Recipe, *, out=None, steps=None, batch_size=None, device=None, c
     meta = {"data": dataclasses.asdict(recipe.data), "steps": result.steps,
             "final_loss": sum(tail) / len(tail),  # mean of the last 100 steps: one step's loss is very noisy
             "metrics": metrics, "command": command, "train_config": dataclasses.asdict(config),
-            "text_encoder": recipe.text_encoder, "init_from": recipe.init_from}
+            "text_encoder": recipe.text_encoder, "init_from": recipe.init_from, "vae": recipe.vae}
     weights = pretrained.save(recipe.name, result.ema, schedule_name=recipe.schedule, meta=meta, directory=out,
                               num_train_timesteps=recipe.num_train_timesteps)
     samples = sample_preview(result.ema, schedule, recipe, 16 if recipe.data.dataset == "shapes" else 2000, device,
                              encoder=encoder)
+    if vae is not None:
+        from course_lib.latent import decode_latents
+
+        samples = decode_latents(vae, samples)
     save_preview(samples, out / f"{recipe.name}.png", reference=data if data.ndim == 2 else None)
     state_path.unlink(missing_ok=True)
     print(f"saved {weights} (+ .json, .png); final loss {meta['final_loss']:.4f}; "
@@ -148,9 +203,10 @@ def run(recipe: Recipe, *, out=None, steps=None, batch_size=None, device=None, c
 
 def _other_trainers() -> dict:
     """Checkpoints that are not denoisers: name -> trainer(out, *, device, command, steps, batch_size)."""
-    from course_lib import clip, metrics
+    from course_lib import clip, latent, metrics
 
-    return {clip.MODEL_NAME: clip.train_recipe, metrics.CLASSIFIER_NAME: metrics.train_classifier_recipe}
+    return {clip.MODEL_NAME: clip.train_recipe, metrics.CLASSIFIER_NAME: metrics.train_classifier_recipe,
+            latent.VAE_NAME: latent.train_vae_recipe}
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -164,6 +220,8 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--steps", type=int, default=None, help="override the recipe's number of steps")
     parser.add_argument("--batch-size", type=int, default=None, help="override the recipe's batch size")
     parser.add_argument("--device", default=None, help="cpu, cuda, cuda:1, mps (default: course_lib.device())")
+    parser.add_argument("--time-budget", type=float, default=None, metavar="SECONDS",
+                        help="train as many steps as fit in SECONDS (measured first); denoiser recipes only")
     args = parser.parse_args(argv)
     others = _other_trainers()
     if args.recipe not in others:
@@ -177,10 +235,14 @@ def main(argv: list[str] | None = None) -> None:
         except ValueError as e:
             parser.error(f"--device: {e}")
     command = shlex.join(["python", "-m", "course_lib.train", *argv])
+    if args.time_budget is not None and (args.time_budget <= 0 or args.recipe in others):
+        parser.error("--time-budget must be > 0 seconds and works for the denoiser recipes "
+                     f"({', '.join(RECIPES)}); use --steps for {args.recipe}")
     if args.recipe in others:
         others[args.recipe](args.out, device=args.device, command=command, steps=args.steps, batch_size=args.batch_size)
         return
-    run(recipe, out=args.out, steps=args.steps, batch_size=args.batch_size, device=args.device, command=command)
+    run(recipe, out=args.out, steps=args.steps, batch_size=args.batch_size, device=args.device, command=command,
+        time_budget=args.time_budget)
 
 
 if __name__ == "__main__":

@@ -8,14 +8,15 @@ import torch.nn as nn
 
 from .classifier import ClassifierConfig, ShapesClassifier, shapes_classifier
 from .mlp import MLPConfig, MLPDenoiser, mlp_2d
-from .unet import UNet, UNetConfig, timestep_embedding, unet_small, unet_small_cond, unet_tiny
+from .unet import UNet, UNetConfig, timestep_embedding, unet_latent_cond, unet_small, unet_small_cond, unet_tiny
 from .vae import VAE, VAEConfig, vae_f8
 
 # Model classes by `kind`, the name checkpoints store next to the config dict.
 MODELS = {"unet": UNet, "mlp": MLPDenoiser, "classifier": ShapesClassifier, "vae": VAE}
 
 # Preset factories by name, used by training recipes.
-FACTORIES = {"unet_tiny": unet_tiny, "unet_small": unet_small, "unet_small_cond": unet_small_cond, "mlp_2d": mlp_2d,
+FACTORIES = {"unet_tiny": unet_tiny, "unet_small": unet_small, "unet_small_cond": unet_small_cond,
+             "unet_latent_cond": unet_latent_cond, "mlp_2d": mlp_2d,
              "shapes_classifier": shapes_classifier, "vae_f8": vae_f8}
 
 
@@ -32,5 +33,5 @@ def build_model(kind: str, config: dict) -> nn.Module:
 
 
 __all__ = ["MODELS", "FACTORIES", "build_model", "UNet", "UNetConfig", "MLPDenoiser", "MLPConfig",
-           "timestep_embedding", "unet_tiny", "unet_small", "unet_small_cond", "mlp_2d",
+           "timestep_embedding", "unet_tiny", "unet_small", "unet_small_cond", "unet_latent_cond", "mlp_2d",
            "ShapesClassifier", "ClassifierConfig", "shapes_classifier", "VAE", "VAEConfig", "vae_f8"]
