@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import argparse
 import functools
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -30,8 +31,10 @@ DEFAULT_MODEL = "shapes32-t2i"  # the shipped text-to-image U-Net (retrain: pyth
 class Generation:
     """What `generate` returns; everything on the CPU."""
 
-    images: torch.Tensor  # (n, C, H, W) final samples in [-1, 1] (not clipped: the sampler's output as is)
-    records: list[StepRecord]  # one per sampler step: x_t after the step and the predicted x0, for animations
+    images: torch.Tensor  # (n, 3, H, W) final images in [-1, 1] (not clipped: the sampler's output, decoded if latent)
+    records: list[StepRecord]  # one per sampler step: x_t after the step and the predicted x0 (latents if latent)
+    latents: torch.Tensor | None = None  # latent models: the sampler's output (n, 4, h, w) before decoding
+    decode: Callable | None = None  # latent models: latents -> images (e.g. for the records); None for pixels
 
 
 # ----- loading (cached: a notebook calling generate() in a loop loads each checkpoint once) ----------------------
@@ -72,13 +75,32 @@ def load_text_encoder(p: Pretrained, device=None, directory=None) -> clip.TextEn
     return _load_text_encoder_cached(name, directory, device)
 
 
+def sample_shape(p: Pretrained) -> tuple[int, int, int]:
+    """(C, H, W) of what a denoiser checkpoint's sampler produces: latents for a latent model, else images."""
+    config = p.meta.get("config") or {}
+    if p.meta.get("vae") is not None:
+        return int(config["in_channels"]), int(config["image_size"]), int(config["image_size"])
+    return image_shape(p)
+
+
 def image_shape(p: Pretrained) -> tuple[int, int, int]:
-    """(C, H, W) of the samples a denoiser checkpoint makes: its training data size, else its config's image_size."""
+    """(C, H, W) of the images a denoiser checkpoint makes: its training data size, else its config's image_size."""
     config = p.meta.get("config") or {}
     size = (p.meta.get("data") or {}).get("size") or config.get("image_size")
     if size is None:
         raise ValueError(f"checkpoint {p.meta.get('name')!r} records no image size (data.size or config.image_size)")
-    return int(config.get("in_channels", 3)), int(size), int(size)
+    return (3 if p.meta.get("vae") is not None else int(config.get("in_channels", 3))), int(size), int(size)
+
+
+def load_decoder(p: Pretrained, device=None, directory=None) -> Callable | None:
+    """decode(latents) -> images for a latent checkpoint (the VAE its JSON names, from `directory`); None otherwise."""
+    name = p.meta.get("vae")
+    if name is None:
+        return None
+    from course_lib.latent import latent_decoder
+
+    device = course_lib.device(device) if device is not None else course_lib.device_of(p.model)
+    return latent_decoder(name, device=device, directory=directory)
 
 
 # ----- the pipeline ------------------------------------------------------------------------------------------------
@@ -95,7 +117,8 @@ def generate(prompt: str, *, steps: int = 20, guidance_scale: float = 5.0, sampl
     sampler         a name from `samplers.SAMPLERS` ("ddim", "ddpm")
     seed            seeds one CPU generator that draws x_T and the sampler's noise: the same images on every device
     model           a text-conditional checkpoint name (in `directory`, default data/checkpoints) or a loaded
-                    `Pretrained`; its text encoder (named in its JSON) is loaded from the same directory
+                    `Pretrained`; its text encoder (and VAE, for latent models) named in its JSON are loaded
+                    from the same directory. Latent models sample latents, decoded once at the end.
     device          where to sample (default: a given Pretrained's device, else course_lib.device())
     callback        called with each step's StepRecord (on the CPU), e.g. to show progress
     """
@@ -117,7 +140,8 @@ def generate(prompt: str, *, steps: int = 20, guidance_scale: float = 5.0, sampl
 
     eps_model = GuidedModel(p.model, *encoder(prompt), *encoder(""), guidance_scale)  # cond (1, L, D), uncond
     generator = torch.Generator().manual_seed(int(seed))
-    x_T = torch.randn((n, *image_shape(p)), generator=generator).to(device)  # (n, C, H, W), drawn on the CPU
+    decode = load_decoder(p, device, directory)
+    x_T = torch.randn((n, *sample_shape(p)), generator=generator).to(device)  # (n, C, H, W), drawn on the CPU
     records = []
 
     def on_step(record: StepRecord) -> None:
@@ -126,9 +150,11 @@ def generate(prompt: str, *, steps: int = 20, guidance_scale: float = 5.0, sampl
         if callback is not None:
             callback(record)
 
-    images = get_sampler(sampler)(eps_model, x_T, p.schedule, make_timesteps(p.schedule, steps),
-                                  callback=on_step, generator=generator)  # the generator goes on drawing DDPM noise
-    return Generation(images=images.float().cpu(), records=records)
+    samples = get_sampler(sampler)(eps_model, x_T, p.schedule, make_timesteps(p.schedule, steps),
+                                   callback=on_step, generator=generator)  # the generator goes on drawing DDPM noise
+    if decode is None:
+        return Generation(images=samples.float().cpu(), records=records)
+    return Generation(images=decode(samples), records=records, latents=samples.float().cpu(), decode=decode)
 
 
 def _check_arguments(prompt, steps, guidance_scale, sampler, seed, n) -> None:
@@ -152,13 +178,16 @@ def save_png(images: torch.Tensor, path, scale: int = 4) -> Path:
     return path
 
 
-def save_gif(records: list[StepRecord], path, scale: int = 4, frame_ms: int = 150) -> Path:
-    """One GIF frame per sampler step: the samples x_t on top, the predicted x0 below; the last frame lingers."""
+def save_gif(records: list[StepRecord], path, scale: int = 4, frame_ms: int = 150, decode=None) -> Path:
+    """One GIF frame per sampler step: the samples x_t on top, the predicted x0 below; the last frame lingers.
+
+    decode: latents -> images for the records of a latent model (`Generation.decode`)."""
     from PIL import Image
 
     frames = []
     for r in records:
-        tiles = grid(torch.cat([r.x_t[:, :3], r.x0[:, :3]]), nrow=len(r.x_t))  # (2 rows, n columns) of images
+        x_t, x0 = (r.x_t, r.x0) if decode is None else (decode(r.x_t), decode(r.x0))
+        tiles = grid(torch.cat([x_t[:, :3], x0[:, :3]]), nrow=len(r.x_t))  # (2 rows, n columns) of images
         # the step number in the label also keeps Pillow from merging two look-alike frames into one
         labels = [f"x_t {r.step + 1}/{len(records)}", "predicted x0"]
         frames.append(Image.fromarray(label_rows(upscale(tiles, scale), labels)))
@@ -199,7 +228,7 @@ def main(argv: list[str] | None = None) -> None:
     out.parent.mkdir(parents=True, exist_ok=True)
     written = [save_png(result.images, out, scale=args.scale)]
     if args.gif:
-        written.append(save_gif(result.records, out.with_suffix(".gif"), scale=args.scale))
+        written.append(save_gif(result.records, out.with_suffix(".gif"), scale=args.scale, decode=result.decode))
     print(f"wrote {', '.join(str(p) for p in written)}")
 
 

@@ -111,17 +111,20 @@ class DenoisingPlayer(widgets.VBox):
     @classmethod
     def from_pretrained(cls, name_or_pretrained, *, device=None, directory=None, **kwargs) -> "DenoisingPlayer":
         """A player for a shipped checkpoint: its model, schedule and image size, plus its text encoder if its JSON
-        names one (then the prompt box and guidance_scale slider appear). kwargs go to the constructor, e.g.
-        prompt="a red circle", steps=30, decode=... (the hook that turns latents into images)."""
+        names one (then the prompt box and guidance_scale slider appear), and for a latent model the decoder of the
+        VAE its JSON names (each frame shows decoded latents). kwargs go to the constructor, e.g.
+        prompt="a red circle", steps=30."""
         from .. import generate as pipeline  # (imported here: course_lib.generate imports this package's display)
 
         p = pipeline.load_checkpoint(name_or_pretrained, device=device, directory=directory)
         if p.schedule is None:
             raise ValueError(f"checkpoint {p.meta.get('name')!r} has no noise schedule, so it is not a denoiser; "
                              f"pick a diffusion checkpoint such as 'shapes32-unet' or 'shapes32-t2i'")
-        channels, image_size, _ = pipeline.image_shape(p)
+        channels, image_size, _ = pipeline.sample_shape(p)  # latents for a latent model
         defaults = dict(image_size=image_size, channels=channels,
                         text_encoder=pipeline.load_text_encoder(p, directory=directory))
+        if "decode" not in kwargs:
+            defaults["decode"] = pipeline.load_decoder(p, directory=directory)  # None for pixel models
         return cls(p.model, p.schedule, **{**defaults, **kwargs})
 
     # ----- public -------------------------------------------------------------------------
