@@ -3,6 +3,7 @@
 player: how long a student waits after moving the DenoisingPlayer's slider, with a shipped model (`--model`,
         default shapes32-unet; a text-to-image one samples with a prompt and guidance, i.e. a doubled batch):
         time to the first frame on screen and to the last frame of a 20-step, 4-image run.
+generate: seconds for `course_lib.generate` (20 steps, 4 images, guidance 5), decoding included for latent models.
 train:  training throughput (images/s) of a recipe's model on this machine's device.
 Each figure is the median of several runs after one warm-up; nothing here is asserted.
 """
@@ -39,6 +40,21 @@ def bench_player(name: str = "shapes32-unet", steps: int = 20, n: int = 4, repea
             "first_frame_ms": statistics.median(first), "final_frame_ms": statistics.median(last)}
 
 
+def bench_generate(name: str = "shapes32-t2i", steps: int = 20, n: int = 4, repeats: int = 5, device=None) -> dict:
+    """Median seconds of generate(prompt, steps, n images, guidance 5), VAE decode included (latent models)."""
+    from course_lib.generate import generate
+
+    prompt = "a small blue star at the top"
+    generate(prompt, steps=steps, n=n, model=name, device=device)  # warm-up: loads the checkpoints once
+    times = []
+    for seed in range(1, repeats + 1):
+        start = time.perf_counter()
+        generate(prompt, steps=steps, n=n, seed=seed, model=name, device=device)
+        times.append(time.perf_counter() - start)
+    return {"model": name, "device": str(course_lib.device(device)), "threads": torch.get_num_threads(),
+            "steps": steps, "images": n, "seconds": statistics.median(times)}
+
+
 def bench_train(recipe_name: str = "shapes32-unet", steps: int = 30, batch_size: int | None = None, device=None) -> dict:
     """Training images/s of a recipe's model (fresh weights, real data, the real train loop)."""
     from course_lib.recipes import get_recipe, load_data
@@ -62,18 +78,25 @@ def main(argv=None) -> None:
     import argparse
 
     parser = argparse.ArgumentParser(prog="python -m course_lib.bench", description=__doc__.splitlines()[0])
-    parser.add_argument("what", choices=["player", "train"])
+    parser.add_argument("what", choices=["player", "generate", "train"])
     parser.add_argument("--device", default=None, help="cpu, cuda, mps (default: course_lib.device())")
-    parser.add_argument("--model", default="shapes32-unet", help="player: checkpoint name (default shapes32-unet)")
+    parser.add_argument("--model", default=None,
+                        help="player: checkpoint (default shapes32-unet); generate: (default shapes32-t2i)")
     parser.add_argument("--repeats", type=int, default=5, help="player: timed runs (median reported)")
     parser.add_argument("--steps", type=int, default=None, help="player: sampling steps (20); train: steps (30)")
     parser.add_argument("--batch-size", type=int, default=None, help="train: override the recipe's batch size")
     args = parser.parse_args(sys.argv[1:] if argv is None else argv)
     if args.what == "player":
-        r = bench_player(args.model, steps=args.steps or 20, repeats=args.repeats, device=args.device)
+        r = bench_player(args.model or "shapes32-unet", steps=args.steps or 20, repeats=args.repeats,
+                         device=args.device)
         print(f"player ({r['model']}, {r['steps']} steps x {r['images']} images, {r['device']}, "
               f"{r['threads']} threads): first frame {r['first_frame_ms']:.0f} ms, "
               f"final frame {r['final_frame_ms']:.0f} ms (medians of {args.repeats})")
+    elif args.what == "generate":
+        r = bench_generate(args.model or "shapes32-t2i", steps=args.steps or 20, repeats=args.repeats,
+                           device=args.device)
+        print(f"generate ({r['model']}, {r['steps']} steps x {r['images']} images incl. decode, {r['device']}, "
+              f"{r['threads']} threads): {r['seconds']:.2f} s (median of {args.repeats})")
     else:
         r = bench_train(steps=args.steps or 30, batch_size=args.batch_size, device=args.device)
         print(f"train ({r['recipe']}, batch {r['batch_size']}, {r['device']}): {r['images_per_s']:.0f} images/s")
