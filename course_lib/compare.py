@@ -28,11 +28,14 @@ def _flops(fn) -> int:
 
 
 def gflops_per_step(model="shapes64-latent-t2i", *, guided: bool = True, directory=None) -> float:
-    """GFLOPs of one denoising step for ONE image: a network call on a batch of 2 (cond + uncond) if guided."""
+    """GFLOPs of one denoising step for ONE image: a network call on a batch of 2 (cond + uncond) if guided.
+
+    An unconditional checkpoint has nothing to guide: one plain call, whatever `guided` says.
+    """
     p = pipeline.load_checkpoint(model, "cpu", directory)
     encoder = pipeline.load_text_encoder(p, "cpu", directory)
-    batch = 2 if guided else 1
-    tokens, mask = encoder(["a red circle"] * batch)
+    batch = 2 if guided and encoder is not None else 1
+    tokens, mask = encoder(["a red circle"] * batch) if encoder is not None else (None, None)
     x = torch.zeros(batch, *pipeline.sample_shape(p))  # (batch, C, H, W): the sampler's space
     t = torch.full((batch,), 500)
     return _flops(lambda: p.model(x, t, cond=tokens, cond_mask=mask)) / 1e9
@@ -82,3 +85,40 @@ def pixel_vs_latent(models=MODELS, *, prompts=None, guidance_scale: float = 5.0,
                      "frechet_distance": sweep.rows[0]["frechet_distance"],
                      "real_vs_real_fd": sweep.baseline["frechet_distance"]})
     return rows
+
+
+def main(argv=None) -> None:
+    """`python -m course_lib.compare [--prompts N] [--per-prompt N] [-o FILE]`: the table, printed and saved."""
+    import argparse
+    import json
+    from pathlib import Path
+
+    from course_lib.pretrained import CHECKPOINT_DIR, CheckpointError, CheckpointNotFoundError
+
+    parser = argparse.ArgumentParser(prog="python -m course_lib.compare", description=__doc__.splitlines()[0])
+    parser.add_argument("--prompts", type=int, default=48, help="fresh prompts (default 48)")
+    parser.add_argument("--per-prompt", type=int, default=4, help="images per prompt (default 4)")
+    parser.add_argument("--guidance-scale", type=float, default=5.0, help="CFG scale for both models (default 5)")
+    parser.add_argument("--steps", type=int, default=20, help="DDIM steps (default 20)")
+    parser.add_argument("-o", "--output", default=str(CHECKPOINT_DIR.parent / "pixel_vs_latent.json"))
+    args = parser.parse_args(argv)
+    if min(args.prompts, args.per_prompt, args.steps) < 1 or args.guidance_scale < 0:
+        parser.error("--prompts, --per-prompt and --steps must be >= 1, --guidance-scale >= 0")
+    try:
+        rows = pixel_vs_latent(prompts=evaluation.fresh_prompts(args.prompts), guidance_scale=args.guidance_scale,
+                               steps=args.steps, n_per_prompt=args.per_prompt)
+    except (ValueError, CheckpointError, CheckpointNotFoundError) as e:
+        parser.error(str(e))
+    record = {"rows": rows, "threads": torch.get_num_threads(),
+              "settings": {"prompts": args.prompts, "per_prompt": args.per_prompt,
+                           "guidance_scale": args.guidance_scale, "steps": args.steps},
+              "command": f"python -m course_lib.compare --prompts {args.prompts} --per-prompt {args.per_prompt} "
+                         f"--guidance-scale {args.guidance_scale:g} --steps {args.steps}"}
+    Path(args.output).write_text(json.dumps(record, indent=2) + "\n")
+    for row in rows:
+        print(row)
+    print(f"wrote {args.output}")
+
+
+if __name__ == "__main__":
+    main()

@@ -6,6 +6,7 @@ the reference code; they compare numbers on random inputs.
 """
 from __future__ import annotations
 
+import math
 from typing import Callable
 
 import torch
@@ -205,3 +206,41 @@ def check_recall_at_k(fn: Callable) -> None:
                         "entry is among their k largest, divide by N.")
             raise AssertionError(f"k={k}: got {got:.4f}, expected {want:.4f}. {hint}")
     print("✓ recall@k is right")
+
+
+# ----- chapter 4: latent diffusion ---------------------------------------------------------------------------------
+def check_compression(fn: Callable) -> None:
+    """fn(image_shape (C, H, W), down_factor, latent_channels) -> how many times fewer numbers the latent holds."""
+    cases = [((3, 512, 512), 8, 4, 48.0), ((3, 768, 768), 8, 4, 48.0), ((3, 1024, 1024), 8, 16, 12.0),
+             ((3, 64, 64), 4, 3, 16.0), ((1, 28, 28), 7, 1, 49.0)]
+    for shape, f, c, want in cases:
+        got = fn(shape, f, c)
+        if not isinstance(got, (int, float)) and not (isinstance(got, torch.Tensor) and got.numel() == 1):
+            raise AssertionError(f"return one number, got {type(got).__name__}")
+        got = float(got)
+        if c != shape[0] and math.isclose(got, want * c / shape[0]):
+            raise AssertionError(f"{shape}, f={f}, {c} latent channels: {got:g} ignores the channels "
+                                 f"(an image has {shape[0]}, the latent {c})")
+        if math.isclose(got, want / f):
+            raise AssertionError(f"{shape}, f={f}: {got:g}; the factor f shrinks height AND width: f**2 per channel")
+        if math.isclose(got, 1.0 / want):
+            raise AssertionError(f"{shape}: {got:g} is upside down: image numbers / latent numbers")
+        if not math.isclose(got, want, rel_tol=1e-6):
+            raise AssertionError(f"{shape}, f={f}, {c} latent channels: expected {want:g}, got {got:g}")
+
+
+def check_scaling(to_diffusion: Callable, from_diffusion: Callable, scaling_factor: float) -> None:
+    """to_diffusion(z, s): VAE latents -> what the denoiser sees; from_diffusion(z, s): back, for the decoder."""
+    z = torch.randn(4, 4, 8, 8, generator=torch.Generator().manual_seed(0)) / scaling_factor  # std 1/s
+    got = to_diffusion(z, scaling_factor)
+    if not isinstance(got, torch.Tensor) or got.shape != z.shape:
+        raise AssertionError("to_diffusion must return a tensor shaped like z")
+    if torch.allclose(got, z / scaling_factor):
+        raise AssertionError("to_diffusion divides; the factor is 1 / std(z), so MULTIPLY to get unit variance")
+    _close(got, z * scaling_factor, "to_diffusion(z, s)", "z * scaling_factor")
+    back = from_diffusion(got, scaling_factor)
+    if not isinstance(back, torch.Tensor) or back.shape != z.shape:
+        raise AssertionError("from_diffusion must return a tensor shaped like its input")
+    if torch.allclose(back, got * scaling_factor):
+        raise AssertionError("from_diffusion multiplies again; undo the scaling: divide by scaling_factor")
+    _close(back, z, "from_diffusion(to_diffusion(z, s), s)", "z (the round trip must give z back)")

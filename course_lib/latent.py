@@ -188,6 +188,8 @@ def main(argv=None) -> None:
     args = parser.parse_args(argv)
     if args.steps < 1 or args.batch_size < 1:
         parser.error("--steps and --batch-size must be >= 1")
+    if any(not w >= 0 for w in args.kl_weights):
+        parser.error(f"--kl-weights must all be >= 0 (e.g. 0 1e-6 1e-4 1e-2), got {args.kl_weights}")
     try:
         device = course_lib.device(args.device)
     except ValueError as e:

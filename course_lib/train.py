@@ -218,7 +218,9 @@ def main(argv: list[str] | None = None) -> None:
     import argparse
 
     argv = sys.argv[1:] if argv is None else argv
-    parser = argparse.ArgumentParser(prog="python -m course_lib.train", description=__doc__.splitlines()[0])
+    # allow_abbrev=False: the JSON's command is rebuilt from the words typed, so every option has one spelling
+    parser = argparse.ArgumentParser(prog="python -m course_lib.train", description=__doc__.splitlines()[0],
+                                     allow_abbrev=False)
     parser.add_argument("recipe", help=f"one of: {', '.join([*RECIPES, *_other_trainers()])}")
     parser.add_argument("--out", default=None, help=f"output directory (default {pretrained.CHECKPOINT_DIR})")
     parser.add_argument("--steps", type=int, default=None, help="override the recipe's number of steps")
@@ -239,7 +241,7 @@ def main(argv: list[str] | None = None) -> None:
         except ValueError as e:
             parser.error(f"--device: {e}")
     command = shlex.join(["python", "-m", "course_lib.train", *argv])
-    if args.time_budget is not None and (args.time_budget <= 0 or args.recipe in others):
+    if args.time_budget is not None and (not 0 < args.time_budget < float("inf") or args.recipe in others):
         parser.error("--time-budget must be > 0 seconds and works for the denoiser recipes "
                      f"({', '.join(RECIPES)}); use --steps for {args.recipe}")
     if args.recipe in others:

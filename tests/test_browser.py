@@ -93,14 +93,14 @@ def _displayed_pixels(img):
     return np.asarray(Image.open(io.BytesIO(img.screenshot())).convert("RGB"))
 
 
-def check_text_player(lab, tmp_path, load_args: str = "") -> None:
+def check_text_player(lab, tmp_path, load_args: str = "", model: str = "shapes32-t2i") -> None:
     """A text-to-image DenoisingPlayer: typing a prompt (Enter) and keying the guidance_scale slider each show new
     images. `load_args` are extra from_pretrained arguments (e.g. a directory of throwaway checkpoints)."""
     nb = _notebook(
         "from course_lib.widgets import DenoisingPlayer",
-        f"player = DenoisingPlayer.from_pretrained('shapes32-t2i', steps=5, n=2{load_args})\nplayer",
+        f"player = DenoisingPlayer.from_pretrained({model!r}, steps=5, n=2{load_args})\nplayer",
     )
-    name = lab.server.add_notebook(name="t2i_player.ipynb", nb=nb)
+    name = lab.server.add_notebook(name=f"{model}_player.ipynb", nb=nb)
     lab.open(name)
     lab.run_all()
 
@@ -127,9 +127,18 @@ def check_text_player(lab, tmp_path, load_args: str = "") -> None:
     assert float(handle.get_attribute("aria-valuenow")) == 6.0
     player.locator(".widget-label", has_text="step 5/5").wait_for(timeout=60_000)
     assert not (_displayed_pixels(img) == prompt_pixels).all(), "the image did not change with guidance_scale"
-    lab.screenshot(tmp_path / "text_to_image_player.png", player)
+    lab.screenshot(tmp_path / f"{model}_player.png", player)
 
 
 def test_text_to_image_player_prompt_and_guidance(lab, tmp_path):
     """The shipped shapes32-t2i (with its shapes-clip text encoder) in a DenoisingPlayer, driven by the keyboard."""
     check_text_player(lab, tmp_path)
+
+
+def test_latent_text_to_image_player(lab, tmp_path):
+    """The latent model (shapes64-latent-t2i): the player samples 8x8x4 latents and shows them decoded by
+    shapes64-vae; a prompt and the guidance slider change the decoded images."""
+    check_text_player(lab, tmp_path, model="shapes64-latent-t2i")
+    player = lab.widget("course-denoising-player")
+    width = lab.page.evaluate("(img) => img.naturalWidth", player.locator("img").first.element_handle())
+    assert width >= 2 * 64, f"frames should show decoded 64x64 images, not 8x8 latents (PNG is {width} px wide)"

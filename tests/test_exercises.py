@@ -2,6 +2,7 @@
 import pytest
 import torch
 
+from course_lib import exercises as ex
 from course_lib.exercises import check_add_noise, check_alphas_cumprod, check_first_t
 from course_lib.schedules import NoiseSchedule
 
@@ -142,3 +143,31 @@ def test_recall_at_k_checker():
     for name, (fn, message) in wrong.items():
         with pytest.raises(AssertionError, match=message):
             check_recall_at_k(fn)
+
+
+# ----- chapter 4 -----------------------------------------------------------------------------------------------
+def _compression(shape, f, c):
+    C, H, W = shape
+    return C * H * W / (c * (H // f) * (W // f))
+
+
+@pytest.mark.parametrize("wrong, hint", [
+    (lambda s, f, c: s[1] * s[2] / ((s[1] // f) * (s[2] // f)), "ignores the channels"),
+    (lambda s, f, c: s[0] * s[1] * s[2] / (c * s[1] * s[2] / f), "AND width"),
+    (lambda s, f, c: 1 / _compression(s, f, c), "upside down"),
+    (lambda s, f, c: "48", "one number"),
+])
+def test_check_compression_accepts_the_answer_and_names_the_usual_mistakes(wrong, hint):
+    ex.check_compression(_compression)
+    with pytest.raises(AssertionError, match=hint):
+        ex.check_compression(wrong)
+
+
+def test_check_scaling_accepts_the_answer_and_catches_the_inverted_factor():
+    ex.check_scaling(lambda z, s: z * s, lambda z, s: z / s, 0.5687)
+    with pytest.raises(AssertionError, match="MULTIPLY"):
+        ex.check_scaling(lambda z, s: z / s, lambda z, s: z * s, 0.5687)
+    with pytest.raises(AssertionError, match="divide by scaling_factor"):
+        ex.check_scaling(lambda z, s: z * s, lambda z, s: z * s, 0.5687)
+    with pytest.raises(AssertionError, match="round trip"):
+        ex.check_scaling(lambda z, s: z * s, lambda z, s: z, 0.5687)

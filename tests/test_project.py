@@ -58,3 +58,19 @@ def test_device_env_override(monkeypatch):
         monkeypatch.setenv("COURSE_DEVICE", "cuda")
         with pytest.raises(ValueError, match="CUDA is not available"):
             course_lib.device()
+
+
+def test_shipped_data_fits_the_budget_and_every_checkpoint_loads_and_is_documented():
+    """data/ stays within 40 MB; every checkpoint loads, names the command that made it and has a README row."""
+    from course_lib import pretrained
+
+    total = sum(p.stat().st_size for p in (ROOT / "data").rglob("*") if p.is_file())
+    assert total <= 40 * 2**20, f"data/ holds {total / 2**20:.1f} MB; the budget is 40 MB"
+    readme = (ROOT / "README.md").read_text()
+    names = pretrained.list_checkpoints()
+    assert {"shapes32-unet", "shapes32-t2i", "shapes-clip", "shapes-classifier", "shapes64-vae",
+            "shapes64-latent-t2i", "shapes64-t2i"} <= set(names)
+    for name in names:
+        loaded = pretrained.load(name, device="cpu")
+        assert loaded.meta["command"].startswith("python -m course_lib.train "), name
+        assert f"`{name}`" in readme, f"README's checkpoint table lacks {name}"
