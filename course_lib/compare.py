@@ -82,6 +82,8 @@ def pixel_vs_latent(models=MODELS, *, prompts=None, guidance_scale: float = 5.0,
                      "decode_gflops": decode_gflops(p, directory=directory),
                      "cpu_s_per_image": seconds_per_image(p, steps=steps, repeats=repeats, directory=directory),
                      "prompt_accuracy": sweep.rows[0]["prompt_accuracy"],
+                     "attribute_accuracy": {k[:-len("_accuracy")]: v for k, v in sweep.rows[0].items()
+                                            if k.endswith("_accuracy") and k != "prompt_accuracy"},
                      "frechet_distance": sweep.rows[0]["frechet_distance"],
                      "real_vs_real_fd": sweep.baseline["frechet_distance"]})
     return rows
