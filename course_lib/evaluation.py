@@ -308,6 +308,10 @@ def main(argv: list[str] | None = None) -> None:
     cfg.add_argument("--steps", type=int, default=15, help="sampler steps (default 15)")
     cfg.add_argument("--sampler", default="ddim", help="ddim or ddpm (default ddim)")
     cfg.add_argument("--model", default=pipeline.DEFAULT_MODEL, help=f"checkpoint (default {pipeline.DEFAULT_MODEL})")
+    cfg.add_argument("--held-out-draws", type=int, default=1,
+                     help="held-out prompt sets (6 prompts each, seeds held-out-seed, +1, ...; default 1)")
+    cfg.add_argument("--held-out-seed", type=int, default=EVAL_SEED, help=f"first held-out seed (default {EVAL_SEED})")
+    cfg.add_argument("--held-out-only", action="store_true", help="skip the fresh (seen-combination) prompts")
     steps = sub.add_parser("steps", help="step-count sweep of an unconditional checkpoint (DDIM and DDPM)")
     steps.add_argument("--steps", type=int, nargs="+", default=[5, 10, 20, 50], help="step counts")
     steps.add_argument("--samplers", nargs="+", default=["ddim", "ddpm"], help="samplers (default ddim ddpm)")
@@ -323,8 +327,12 @@ def main(argv: list[str] | None = None) -> None:
             settings = dict(steps=args.steps, n_per_prompt=args.per_prompt, seed=args.seed, sampler=args.sampler,
                             model=args.model, directory=args.checkpoint_dir, device=args.device, progress=True)
             scales = [int(s) if float(s).is_integer() else s for s in args.scales]
-            for title, prompts in ((f"{args.prompts} fresh prompts (seen combinations)", fresh_prompts(args.prompts)),
-                                   ("held-out pairs", held_out_prompts())):
+            _check_int("--held-out-draws", args.held_out_draws, 1)
+            held_out = [p for k in range(args.held_out_draws)
+                        for p in held_out_prompts(seed=args.held_out_seed + k)]  # 6 prompts per draw
+            tests = [] if args.held_out_only else [(f"{args.prompts} fresh prompts (seen combinations)",
+                                                    fresh_prompts(args.prompts))]
+            for title, prompts in tests + [(f"held-out pairs, {len(held_out)} prompts", held_out)]:
                 print(f"\n{title}, {args.per_prompt} images each, {args.steps} {args.sampler} steps:")
                 print(cfg_sweep(scales, prompts, **settings))
         else:
