@@ -149,7 +149,8 @@ def test_train_cli_writes_a_loadable_checkpoint_and_preview(tmp_path, capsys):
     assert "images/s" in capsys.readouterr().out
     with pytest.raises(SystemExit):
         main(["no-such-recipe"])
-    assert "valid recipes: shapes32-unet, shapes32-t2i, toy2d-mlp, shapes-clip, shapes-classifier" in capsys.readouterr().err
+    assert ("valid recipes: shapes32-unet, shapes32-t2i, shapes64-t2i, shapes64-latent-t2i, toy2d-mlp, shapes-clip, "
+            "shapes-classifier, shapes64-vae") in capsys.readouterr().err
 
 
 def test_init_from_checkpoint_copies_every_weight_and_leaves_added_layers_at_zero(tmp_path, monkeypatch):
