@@ -42,17 +42,11 @@ def bench_player(name: str = "shapes32-unet", steps: int = 20, n: int = 4, repea
 
 def bench_generate(name: str = "shapes32-t2i", steps: int = 20, n: int = 4, repeats: int = 5, device=None) -> dict:
     """Median seconds of generate(prompt, steps, n images, guidance 5), VAE decode included (latent models)."""
-    from course_lib.generate import generate
+    from course_lib.compare import generate_seconds
 
-    prompt = "a small blue star at the top"
-    generate(prompt, steps=steps, n=n, model=name, device=device)  # warm-up: loads the checkpoints once
-    times = []
-    for seed in range(1, repeats + 1):
-        start = time.perf_counter()
-        generate(prompt, steps=steps, n=n, seed=seed, model=name, device=device)
-        times.append(time.perf_counter() - start)
+    seconds = generate_seconds(name, steps=steps, n=n, repeats=repeats, device=device)
     return {"model": name, "device": str(course_lib.device(device)), "threads": torch.get_num_threads(),
-            "steps": steps, "images": n, "seconds": statistics.median(times)}
+            "steps": steps, "images": n, "seconds": seconds}
 
 
 def bench_train(recipe_name: str = "shapes32-unet", steps: int = 30, batch_size: int | None = None, device=None) -> dict:

@@ -51,17 +51,23 @@ def decode_gflops(model="shapes64-latent-t2i", *, directory=None) -> float:
     return _flops(lambda: decode(z)) / 1e9
 
 
+def generate_seconds(model="shapes64-latent-t2i", *, steps: int = 20, n: int = 4, repeats: int = 3, device="cpu",
+                     directory=None) -> float:
+    """Median wall seconds of one generate(steps, n images, guidance 5) call after a warm-up (decode included)."""
+    prompt = "a small blue star at the top"
+    pipeline.generate(prompt, steps=steps, n=n, model=model, device=device, directory=directory)  # loads once
+    times = []
+    for seed in range(1, repeats + 1):  # a new seed each time
+        start = time.perf_counter()
+        pipeline.generate(prompt, steps=steps, n=n, seed=seed, model=model, device=device, directory=directory)
+        times.append(time.perf_counter() - start)
+    return statistics.median(times)
+
+
 def seconds_per_image(model="shapes64-latent-t2i", *, steps: int = 20, n: int = 4, repeats: int = 3,
                       directory=None) -> float:
     """Median wall seconds of generate(steps, n images) on the CPU divided by n (decode included)."""
-    prompt = "a small blue star at the top"
-    pipeline.generate(prompt, steps=steps, n=n, model=model, device="cpu", directory=directory)  # warm-up
-    times = []
-    for seed in range(repeats):
-        start = time.perf_counter()
-        pipeline.generate(prompt, steps=steps, n=n, seed=seed + 1, model=model, device="cpu", directory=directory)
-        times.append(time.perf_counter() - start)
-    return statistics.median(times) / n
+    return generate_seconds(model, steps=steps, n=n, repeats=repeats, device="cpu", directory=directory) / n
 
 
 def pixel_vs_latent(models=MODELS, *, prompts=None, guidance_scale: float = 5.0, steps: int = 20,
