@@ -1,8 +1,11 @@
 """course_lib: the workshop behind the notebooks of "Generate an image by erasing noise".
 
-Four layers, one direction: data -> schedules -> models -> samplers -> widgets.
+Layers, imports only downward (README.md draws the whole order; tests/test_layers.py enforces it):
+data -> schedules -> models -> pretrained -> losses + training, samplers -> pipelines (generate, latent)
+-> widgets -> measurement (metrics, recipes + train, evaluation, bench). This file only picks the device.
 """
 import os
+import platform
 
 import torch
 
@@ -46,3 +49,11 @@ def device_of(model) -> torch.device:
         return next(model.parameters()).device
     except (AttributeError, StopIteration):
         return device()
+
+
+def device_name(device) -> str:
+    """A human-readable name of the hardware behind `device`, for the JSON a training run or a sweep writes."""
+    device = torch.device(device)
+    if device.type == "cuda":
+        return torch.cuda.get_device_name(device)
+    return f"{device.type} ({platform.processor() or platform.machine()}, {torch.get_num_threads()} threads)"

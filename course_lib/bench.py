@@ -1,11 +1,12 @@
-"""Benchmarks, run as whole programs: `python -m course_lib.bench player` or `python -m course_lib.bench train`.
+"""Timings, run as whole programs: `python -m course_lib.bench {player,generate,train}`.
 
-player: how long a student waits after moving the DenoisingPlayer's slider, with a shipped model (`--model`,
-        default shapes32-unet; a text-to-image one samples with a prompt and guidance, i.e. a doubled batch):
-        time to the first frame on screen and to the last frame of a 20-step, 4-image run.
+player:   how long a student waits after moving the DenoisingPlayer's slider, with a shipped model (`--model`,
+          default shapes32-unet; a text-to-image one samples with a prompt and guidance, i.e. a doubled batch):
+          time to the first frame on screen and to the last frame of a 20-step, 4-image run.
 generate: seconds for `course_lib.generate` (20 steps, 4 images, guidance 5), decoding included for latent models.
-train:  training throughput (images/s) of a recipe's model on this machine's device.
-Each figure is the median of several runs after one warm-up; nothing here is asserted.
+train:    training throughput (images/s) of any recipe's model (`--recipe`, default shapes32-unet) in the real loop.
+Each figure is the median of several runs after one warm-up; nothing here is asserted. Every timing loop of
+the course is here (chapter 4's table takes its CPU seconds from `generate_seconds`).
 """
 from __future__ import annotations
 
@@ -17,12 +18,14 @@ import time
 import torch
 
 import course_lib
+from course_lib.generate import generate
+from course_lib.recipes import RECIPES, get_recipe
+from course_lib.training import train
+from course_lib.widgets import DenoisingPlayer
 
 
 def bench_player(name: str = "shapes32-unet", steps: int = 20, n: int = 4, repeats: int = 5, device=None) -> dict:
     """Median ms from a settings change to the first and to the last frame the player shows."""
-    from course_lib.widgets import DenoisingPlayer
-
     player = DenoisingPlayer.from_pretrained(name, device=device, n=n, steps=steps, seed=0,  # warm-up run
                                              prompt="a small blue star at the top", guidance_scale=5.0)
     frame_times: list[float] = []
@@ -40,29 +43,39 @@ def bench_player(name: str = "shapes32-unet", steps: int = 20, n: int = 4, repea
             "first_frame_ms": statistics.median(first), "final_frame_ms": statistics.median(last)}
 
 
+def generate_seconds(model="shapes64-latent-t2i", *, steps: int = 20, n: int = 4, repeats: int = 3, device="cpu",
+                     directory=None) -> float:
+    """Median wall seconds of one generate(steps, n images, guidance 5) call after a warm-up (decode included)."""
+    prompt = "a small blue star at the top"
+    generate(prompt, steps=steps, n=n, model=model, device=device, directory=directory)  # loads once
+    times = []
+    for seed in range(1, repeats + 1):  # a new seed each time
+        start = time.perf_counter()
+        generate(prompt, steps=steps, n=n, seed=seed, model=model, device=device, directory=directory)
+        times.append(time.perf_counter() - start)
+    return statistics.median(times)
+
+
 def bench_generate(name: str = "shapes32-t2i", steps: int = 20, n: int = 4, repeats: int = 5, device=None) -> dict:
     """Median seconds of generate(prompt, steps, n images, guidance 5), VAE decode included (latent models)."""
-    from course_lib.compare import generate_seconds
-
     seconds = generate_seconds(name, steps=steps, n=n, repeats=repeats, device=device)
     return {"model": name, "device": str(course_lib.device(device)), "threads": torch.get_num_threads(),
             "steps": steps, "images": n, "seconds": seconds}
 
 
-def bench_train(recipe_name: str = "shapes32-unet", steps: int = 30, batch_size: int | None = None, device=None) -> dict:
-    """Training images/s of a recipe's model (fresh weights, real data, the real train loop)."""
-    from course_lib.recipes import get_recipe, load_data
-    from course_lib.schedules import NoiseSchedule
-    from course_lib.training import train
-
+def bench_train(recipe_name: str = "shapes32-unet", steps: int = 30, batch_size: int | None = None,
+                device=None) -> dict:
+    """Training images/s of a recipe's model (fresh weights, its real data and objective, the real loop)."""
     recipe = get_recipe(recipe_name)
     device = torch.device(device) if device is not None else course_lib.device()
     config = dataclasses.replace(recipe.train, steps=steps, warmup=1, ckpt_every=0,
                                  **({"batch_size": batch_size} if batch_size else {}))
-    data = load_data(dataclasses.replace(recipe.data, n=min(recipe.data.n, 4 * config.batch_size)))
-    schedule = NoiseSchedule.from_name(recipe.schedule, recipe.num_train_timesteps)
-    train(recipe.build_model(), schedule, data, dataclasses.replace(config, steps=3), device=device, progress=False)
-    result = train(recipe.build_model(), schedule, data, config, device=device, progress=False)  # after warm-up
+    # A few batches' worth of data is enough to time a step (and far quicker to render than the recipe's).
+    small = dataclasses.replace(recipe.data, n=min(recipe.data.n, 4 * config.batch_size))
+    prepared = recipe.task.prepare(small, device)
+    train(recipe.build_model(), prepared.loss_fn, prepared.data, dataclasses.replace(config, steps=3), device=device,
+          progress=False)  # warm-up: allocator, kernels, lazy initialisation
+    result = train(recipe.build_model(), prepared.loss_fn, prepared.data, config, device=device, progress=False)
     return {"recipe": recipe_name, "device": str(device), "batch_size": config.batch_size, "steps": steps,
             "images_per_s": result.images_per_s}
 
@@ -76,8 +89,10 @@ def main(argv=None) -> None:
     parser.add_argument("--device", default=None, help="cpu, cuda, mps (default: course_lib.device())")
     parser.add_argument("--model", default=None,
                         help="player: checkpoint (default shapes32-unet); generate: (default shapes32-t2i)")
-    parser.add_argument("--repeats", type=int, default=5, help="player: timed runs (median reported)")
-    parser.add_argument("--steps", type=int, default=None, help="player: sampling steps (20); train: steps (30)")
+    parser.add_argument("--recipe", default="shapes32-unet", help=f"train: one of {', '.join(RECIPES)}")
+    parser.add_argument("--repeats", type=int, default=5, help="player, generate: timed runs (median reported)")
+    parser.add_argument("--steps", type=int, default=None, help="player, generate: sampling steps (20); "
+                                                                "train: steps (30)")
     parser.add_argument("--batch-size", type=int, default=None, help="train: override the recipe's batch size")
     args = parser.parse_args(sys.argv[1:] if argv is None else argv)
     if args.what == "player":
@@ -92,7 +107,10 @@ def main(argv=None) -> None:
         print(f"generate ({r['model']}, {r['steps']} steps x {r['images']} images incl. decode, {r['device']}, "
               f"{r['threads']} threads): {r['seconds']:.2f} s (median of {args.repeats})")
     else:
-        r = bench_train(steps=args.steps or 30, batch_size=args.batch_size, device=args.device)
+        try:
+            r = bench_train(args.recipe, steps=args.steps or 30, batch_size=args.batch_size, device=args.device)
+        except ValueError as e:
+            parser.error(str(e))
         print(f"train ({r['recipe']}, batch {r['batch_size']}, {r['device']}): {r['images_per_s']:.0f} images/s")
 
 

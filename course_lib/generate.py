@@ -2,14 +2,14 @@
 
     python -m course_lib.generate "a small blue star at the top" --steps 20 --guidance-scale 5 -o star.png --gif
 
-A thin layer over the pieces of the course: the checkpoint (`pretrained.load`) names its frozen text encoder
-(`clip.load_text_encoder`), the prompt becomes token embeddings, `GuidedModel` applies classifier-free guidance
-(Ho & Salimans 2022), and a sampler from `course_lib.samplers` owns the loop. Nothing here does diffusion math.
+A thin layer over the pieces of the course: the checkpoint (`pretrained.load_checkpoint`) names its frozen text
+encoder (`pretrained.load_text_encoder`) and, for latent models, its VAE (`latent.latent_decoder`); the prompt
+becomes token embeddings, `GuidedModel` applies classifier-free guidance (Ho & Salimans 2022), and a sampler
+from `course_lib.samplers` owns the loop. Nothing here does diffusion math.
 """
 from __future__ import annotations
 
 import argparse
-import functools
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -18,11 +18,14 @@ import numpy as np
 import torch
 
 import course_lib
-from course_lib import clip, pretrained
+from course_lib import pretrained
 from course_lib.guidance import GuidedModel
-from course_lib.pretrained import CheckpointError, CheckpointNotFoundError, Pretrained
+from course_lib.images import grid, label_rows, png_bytes, upscale
+from course_lib.latent import latent_decoder
+from course_lib.models.clip import tokenize
+from course_lib.pretrained import CheckpointError, CheckpointNotFoundError, Pretrained, load_checkpoint, \
+    load_text_encoder, sample_shape
 from course_lib.samplers import StepRecord, get_sampler, make_timesteps
-from course_lib.widgets.display import grid, label_rows, png_bytes, upscale
 
 DEFAULT_MODEL = "shapes32-t2i"  # the shipped text-to-image U-Net (retrain: python -m course_lib.train shapes32-t2i)
 
@@ -35,72 +38,6 @@ class Generation:
     records: list[StepRecord]  # one per sampler step: x_t after the step and the predicted x0 (latents if latent)
     latents: torch.Tensor | None = None  # latent models: the sampler's output (n, 4, h, w) before decoding
     decode: Callable | None = None  # latent models: latents -> images (e.g. for the records); None for pixels
-
-
-# ----- loading (cached: a notebook calling generate() in a loop loads each checkpoint once) ----------------------
-@functools.lru_cache(maxsize=4)
-def _load_cached(name: str, directory: Path | None, device: torch.device) -> Pretrained:
-    return pretrained.load(name, device=device, directory=directory)
-
-
-@functools.lru_cache(maxsize=4)
-def _load_text_encoder_cached(name: str, directory: Path | None, device: torch.device) -> clip.TextEncoder:
-    return clip.load_text_encoder(name, device=device, directory=directory)
-
-
-def clear_cache() -> None:
-    """Forget the loaded checkpoints and text encoders (e.g. after retraining one in the same kernel)."""
-    _load_cached.cache_clear()
-    _load_text_encoder_cached.cache_clear()
-
-
-def load_checkpoint(model="shapes32-t2i", device=None, directory=None) -> Pretrained:
-    """A checkpoint name -> `pretrained.load(...)`, loaded once per (name, directory, device); a Pretrained passes."""
-    if isinstance(model, Pretrained):
-        return model
-    directory = Path(directory).resolve() if directory is not None else None
-    return _load_cached(model, directory, course_lib.device(device))
-
-
-def load_text_encoder(p: Pretrained, device=None, directory=None) -> clip.TextEncoder | None:
-    """The frozen text encoder a checkpoint's JSON names ("text_encoder"), on device; None if it names none.
-
-    It is looked up in `directory` (the model's own directory; default data/checkpoints), loaded once.
-    """
-    name = p.meta.get("text_encoder")
-    if name is None:
-        return None
-    directory = Path(directory).resolve() if directory is not None else None
-    device = course_lib.device(device) if device is not None else course_lib.device_of(p.model)
-    return _load_text_encoder_cached(name, directory, device)
-
-
-def sample_shape(p: Pretrained) -> tuple[int, int, int]:
-    """(C, H, W) of what a denoiser checkpoint's sampler produces: latents for a latent model, else images."""
-    config = p.meta.get("config") or {}
-    if p.meta.get("vae") is not None:
-        return int(config["in_channels"]), int(config["image_size"]), int(config["image_size"])
-    return image_shape(p)
-
-
-def image_shape(p: Pretrained) -> tuple[int, int, int]:
-    """(C, H, W) of the images a denoiser checkpoint makes: its training data size, else its config's image_size."""
-    config = p.meta.get("config") or {}
-    size = (p.meta.get("data") or {}).get("size") or config.get("image_size")
-    if size is None:
-        raise ValueError(f"checkpoint {p.meta.get('name')!r} records no image size (data.size or config.image_size)")
-    return (3 if p.meta.get("vae") is not None else int(config.get("in_channels", 3))), int(size), int(size)
-
-
-def load_decoder(p: Pretrained, device=None, directory=None) -> Callable | None:
-    """decode(latents) -> images for a latent checkpoint (the VAE its JSON names, from `directory`); None otherwise."""
-    name = p.meta.get("vae")
-    if name is None:
-        return None
-    from course_lib.latent import latent_decoder
-
-    device = course_lib.device(device) if device is not None else course_lib.device_of(p.model)
-    return latent_decoder(name, device=device, directory=directory)
 
 
 # ----- the pipeline ------------------------------------------------------------------------------------------------
@@ -123,7 +60,7 @@ def generate(prompt: str, *, steps: int = 20, guidance_scale: float = 5.0, sampl
     callback        called with each step's StepRecord (on the CPU), e.g. to show progress
     """
     _check_arguments(prompt, steps, guidance_scale, sampler, seed, n)
-    clip.tokenize(prompt)  # a too-long prompt fails here, before any checkpoint is loaded
+    tokenize(prompt)  # a too-long prompt fails here, before any checkpoint is loaded
     if isinstance(model, Pretrained):
         if device is not None and course_lib.device(device).type != course_lib.device_of(model.model).type:
             raise ValueError(f"device {device!r} differs from where the given model is "
@@ -140,7 +77,7 @@ def generate(prompt: str, *, steps: int = 20, guidance_scale: float = 5.0, sampl
 
     eps_model = GuidedModel(p.model, *encoder(prompt), *encoder(""), guidance_scale)  # cond (1, L, D), uncond
     generator = torch.Generator().manual_seed(int(seed))
-    decode = load_decoder(p, device, directory)
+    decode = latent_decoder(p, device, directory)  # None for a pixel-space model
     x_T = torch.randn((n, *sample_shape(p)), generator=generator).to(device)  # (n, C, H, W), drawn on the CPU
     records = []
 

@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import matplotlib.pyplot as plt
 
-from .widgets.display import to_uint8
+from .images import to_uint8
 
 
 def show_images(images, titles=None, ncols=None, scale=1.6, suptitle=None) -> None:

@@ -1,5 +1,10 @@
 """Shipped checkpoints: `data/checkpoints/<name>.safetensors` (fp16 weights) + `<name>.json` (how to rebuild them).
 
+`save` / `load` write and read one checkpoint of any kind (U-Net, MLP, classifier, VAE, CLIP). On top of them,
+the loaders that pipelines, widgets and sweeps share: `load_checkpoint` (loaded once per device, and again when
+the files change, e.g. after retraining in the same kernel), `load_text_encoder` and `load_vae` (the CLIP and the
+VAE a checkpoint's JSON names), `sample_shape` / `image_shape`.
+
 Weights are only ever read with safetensors (no pickle, so loading cannot run code). Every failure names the
 file and the command that recreates it: `python -m course_lib.train <name>`.
 """
@@ -7,6 +12,7 @@ from __future__ import annotations
 
 import dataclasses
 import datetime
+import functools
 import json
 import os
 import re
@@ -38,7 +44,7 @@ class CheckpointNotFoundError(FileNotFoundError):
 class Pretrained:
     """A loaded checkpoint: the model (eval mode, on its device), its noise schedule and the JSON metadata."""
 
-    model: nn.Module  # eps_theta(x_t, t[, cond, cond_mask]), or a helper model such as the shapes classifier
+    model: nn.Module  # eps_theta(x_t, t[, cond, cond_mask]), or a helper model (classifier, VAE, CLIP)
     schedule: NoiseSchedule | None  # the schedule a denoiser was trained with; None for models without one
     meta: dict  # the checkpoint's JSON: name, kind, config, data, steps, final_loss, metrics, command, ...
 
@@ -69,7 +75,7 @@ def save(name: str, model: nn.Module, *, kind: str | None = None, config=None, s
     schedule_name is the denoiser's noise schedule; None for models that have none (classifier, CLIP).
     """
     weights_path, json_path = _paths(name, directory)
-    kind = kind if kind is not None else model.kind
+    kind = kind if kind is not None else model.kind  # e.g. "unet"; open_clip models carry "open_clip"
     config = config if config is not None else model.config
     if dataclasses.is_dataclass(config):
         config = dataclasses.asdict(config)
@@ -141,3 +147,101 @@ def check_state_matches(path, model: nn.Module, state: dict, hint: str) -> None:
                     for label, keys in (("missing keys", missing), ("unexpected keys", unexpected),
                                         ("shape mismatches", shapes)) if keys]
         raise CheckpointError(f"weights in {path} do not match the model config: {'; '.join(problems)}; {hint}")
+
+
+#################################################################################
+#          Loaders the pipelines share: cached, and what a JSON names           #
+#################################################################################
+
+@functools.lru_cache(maxsize=8)
+def _load_cached(name: str, directory: Path | None, device: torch.device, stamp: tuple) -> Pretrained:
+    return load(name, device=device, directory=directory)  # stamp: only part of the cache key
+
+
+def _stamp(name: str, directory: Path | None) -> tuple:
+    """When the checkpoint's two files last changed: a retrained checkpoint gets a new cache entry."""
+    try:
+        return tuple(p.stat().st_mtime_ns for p in _paths(name, directory))
+    except OSError:
+        return ()  # missing: `load` raises the error that names the retrain command
+
+
+def load_checkpoint(model="shapes32-t2i", device=None, directory=None) -> Pretrained:
+    """A checkpoint name -> `load(...)`, loaded once per (name, directory, device, file version); a Pretrained passes.
+
+    The returned model is shared by every caller that asks for the same checkpoint: do not train it in place
+    (use `load` for a private copy).
+    """
+    if isinstance(model, Pretrained):
+        return model
+    directory = Path(directory).resolve() if directory is not None else None
+    return _load_cached(model, directory, course_lib.device(device), _stamp(model, directory))
+
+
+def _named(p, key: str):
+    """The checkpoint name a Pretrained's JSON gives under `key` (None if none), or `p` itself if it is a name."""
+    return p.meta.get(key) if isinstance(p, Pretrained) else p
+
+
+def _device_for(p, device) -> torch.device:
+    if device is not None or not isinstance(p, Pretrained):
+        return course_lib.device(device)
+    return course_lib.device_of(p.model)  # the helper goes where the model that names it is
+
+
+def load_text_encoder(p="shapes-clip", device=None, directory=None):
+    """The frozen text encoder (models.clip.TextEncoder) of a CLIP checkpoint, loaded once.
+
+    p: a CLIP checkpoint name, or a loaded text-to-image Pretrained: then the CLIP its JSON names
+    ("text_encoder"), from the same `directory`, on the model's device; None if the JSON names none.
+    """
+    name = _named(p, "text_encoder")
+    if name is None:
+        return None
+    clip = load_checkpoint(name, _device_for(p, device), directory).model
+    if getattr(clip, "kind", None) != "open_clip":
+        raise CheckpointError(f"checkpoint {name!r} is a {type(clip).__name__}, not a CLIP; a text encoder comes "
+                              f"from a CLIP checkpoint such as 'shapes-clip'")
+    return _text_encoder_of(clip)
+
+
+@functools.lru_cache(maxsize=4)
+def _text_encoder_of(clip: nn.Module):
+    from course_lib.models.clip import TextEncoder  # open_clip is slow to import: only text models need it
+
+    return TextEncoder(clip)
+
+
+def load_vae(p="shapes64-vae", device=None, directory=None):
+    """The VAE of a VAE checkpoint (eval mode), loaded once.
+
+    p: a VAE checkpoint name, or a loaded latent-diffusion Pretrained: then the VAE its JSON names ("vae"), from
+    the same `directory`, on the model's device; None if the JSON names none (a pixel-space model).
+    """
+    from course_lib.models import VAE
+
+    name = _named(p, "vae")
+    if name is None:
+        return None
+    vae = load_checkpoint(name, _device_for(p, device), directory).model
+    if not isinstance(vae, VAE):
+        raise CheckpointError(f"checkpoint {name!r} holds a {type(vae).__name__}, not a VAE; pick a VAE checkpoint "
+                              f"such as 'shapes64-vae'")
+    return vae
+
+
+def sample_shape(p: Pretrained) -> tuple[int, int, int]:
+    """(C, H, W) of what a denoiser checkpoint's sampler produces: latents for a latent model, else images."""
+    config = p.meta.get("config") or {}
+    if p.meta.get("vae") is not None:
+        return int(config["in_channels"]), int(config["image_size"]), int(config["image_size"])
+    return image_shape(p)
+
+
+def image_shape(p: Pretrained) -> tuple[int, int, int]:
+    """(C, H, W) of the images a denoiser checkpoint makes: its training data size, else its config's image_size."""
+    config = p.meta.get("config") or {}
+    size = (p.meta.get("data") or {}).get("size") or config.get("image_size")
+    if size is None:
+        raise ValueError(f"checkpoint {p.meta.get('name')!r} records no image size (data.size or config.image_size)")
+    return (3 if p.meta.get("vae") is not None else int(config.get("in_channels", 3))), int(size), int(size)

@@ -1,4 +1,9 @@
-"""Training recipes: everything needed to recreate a shipped checkpoint with `python -m course_lib.train <name>`."""
+"""Training recipes: everything needed to recreate a shipped checkpoint with `python -m course_lib.train <name>`.
+
+Every recipe has the same shape: a model factory (a preset in course_lib.models.FACTORIES), its data (a DataSpec,
+drawn procedurally), its task (the objective, and what the JSON records: course_lib.tasks) and its TrainConfig.
+`course_lib.train.run` runs every one of them through the same code path and the same loop.
+"""
 from __future__ import annotations
 
 from dataclasses import dataclass, field
@@ -6,62 +11,37 @@ from dataclasses import dataclass, field
 import torch
 
 from course_lib import models
-from course_lib.data import HELD_OUT_PAIRS, ShapesDataset, toy2d
+from course_lib.data import DataSpec
+from course_lib.tasks import Autoencoding, Classification, Contrastive, Denoising
 from course_lib.training import TrainConfig
-
-DATASETS = ("shapes", "toy2d")
-
-
-@dataclass
-class DataSpec:
-    """Which training data to generate (procedurally, so a recipe needs no downloads)."""
-
-    dataset: str  # "shapes" (ShapesDataset images) or "toy2d" (2-D points)
-    n: int  # number of training examples
-    seed: int = 0  # data seed: same seed, same data
-    size: int | None = None  # image size for "shapes"; None for points
-    name: str | None = None  # toy2d dataset name ("moons", "swiss_roll", "8gaussians"); None for images
-    hold_out: bool = False  # leave data.HELD_OUT_PAIRS out, so prompts naming them are unseen combinations
-
-    def __post_init__(self):
-        if self.dataset not in DATASETS:
-            raise ValueError(f"unknown dataset {self.dataset!r}; valid datasets: {', '.join(DATASETS)}")
 
 
 @dataclass
 class Recipe:
-    """A named training run: model preset, noise schedule, data, hyper-parameters and preview settings."""
+    """A named training run: model preset, data, task and hyper-parameters."""
 
     name: str  # checkpoint name, e.g. "shapes32-unet"
     model: str  # factory in course_lib.models.FACTORIES, e.g. "unet_small"
-    schedule: str  # NoiseSchedule.from_name name, e.g. "linear"
     data: DataSpec  # training data
+    task: Denoising | Autoencoding | Classification | Contrastive  # objective + what the JSON records
     train: TrainConfig  # optimisation hyper-parameters
-    num_train_timesteps: int = 1000  # T of the noise schedule
-    sample_steps: int = 50  # DDIM steps for the preview written next to the checkpoint
     description: str = ""  # one line for humans
     model_kwargs: dict = field(default_factory=dict)  # overrides passed to the model factory
-    text_encoder: str | None = None  # checkpoint of the frozen CLIP whose token embeddings condition the model
-    guidance_scale: float = 5.0  # classifier-free guidance scale of the preview (text-conditioned recipes)
     init_from: str | None = None  # start from this checkpoint's weights (layers it lacks keep their fresh init)
-    vae: str | None = None  # latent diffusion: train on this VAE checkpoint's scaled latents of the images
 
     def build_model(self) -> torch.nn.Module:
         """A freshly initialised model of this recipe's preset."""
         return models.FACTORIES[self.model](**self.model_kwargs)
 
 
-def load_data(spec: DataSpec) -> torch.Tensor:
-    """The training tensor: images (n, 3, size, size) in [-1, 1] or points (n, 2)."""
-    if spec.dataset == "shapes":
-        return shapes_dataset(spec).images()
-    return toy2d(spec.name, n=spec.n, seed=spec.seed)
+# Shared by the GPU-sized diffusion recipes: AdamW 3e-4, cosine decay, EMA 0.999, gradient clipping at 1, a
+# resumable checkpoint every 1000 steps.
+def _diffusion_config(steps: int, batch_size: int, warmup: int) -> TrainConfig:
+    return TrainConfig(steps=steps, batch_size=batch_size, lr=3e-4, weight_decay=0.0, warmup=warmup,
+                       lr_schedule="cosine", ema_decay=0.999, grad_clip=1.0, seed=0, ckpt_every=1000, log_every=50)
 
 
-def shapes_dataset(spec: DataSpec) -> ShapesDataset:
-    """The captioned shapes dataset a recipe trains on (images render lazily)."""
-    return ShapesDataset(size=spec.size, n=spec.n, seed=spec.seed, exclude=HELD_OUT_PAIRS if spec.hold_out else ())
-
+TEXT = dict(cond_drop_prob=0.1, text_encoder="shapes-clip")  # captions dropped 10% of the time, for CFG
 
 RECIPES: dict[str, Recipe] = {
     r.name: r
@@ -69,30 +49,25 @@ RECIPES: dict[str, Recipe] = {
         Recipe(
             name="shapes32-unet",
             model="unet_small",
-            schedule="linear",
             data=DataSpec("shapes", n=20000, seed=0, size=32),
+            task=Denoising(schedule="linear"),
             # GPU-sized: 8000 x 256 = 2M images (~100 epochs); about 10 minutes on one modern GPU.
-            train=TrainConfig(steps=8000, batch_size=256, lr=3e-4, weight_decay=0.0, warmup=500,
-                              lr_schedule="cosine", ema_decay=0.999, grad_clip=1.0, seed=0, ckpt_every=1000,
-                              log_every=50),
+            train=_diffusion_config(steps=8000, batch_size=256, warmup=500),
             description="unconditional 32x32 shapes U-Net (DDPM linear schedule, T=1000)",
         ),
         Recipe(
             name="shapes32-t2i",
             model="unet_small_cond",
             model_kwargs={"cond_dim": 64},  # the width of shapes-clip's text tokens
-            schedule="linear",
             data=DataSpec("shapes", n=20000, seed=0, size=32, hold_out=True),
+            task=Denoising(schedule="linear", **TEXT),
             # Fine-tuned from the unconditional shapes32-unet: its cross-attention layers start as zero maps, so
             # step 0 is exactly that model and training only has to learn to listen to the text. The caption is
             # dropped 10% of the time, so the same network keeps the unconditional prediction that
             # classifier-free guidance needs. GPU-sized (minutes on one GPU); a CPU core manages ~16 images/s,
             # so on a CPU try --steps 1000 --batch-size 32 (~35 min): colour is learned, the rest only partly.
-            train=TrainConfig(steps=8000, batch_size=256, lr=3e-4, weight_decay=0.0, warmup=200,
-                              lr_schedule="cosine", ema_decay=0.999, grad_clip=1.0, seed=0, ckpt_every=1000,
-                              log_every=50, cond_drop_prob=0.1),
+            train=_diffusion_config(steps=8000, batch_size=256, warmup=200),
             init_from="shapes32-unet",
-            text_encoder="shapes-clip",
             description="text-to-image 32x32 shapes U-Net, cross-attending to shapes-clip tokens (held-out pairs unseen)",
         ),
         Recipe(
@@ -101,41 +76,68 @@ RECIPES: dict[str, Recipe] = {
             # The 32x32 network run at 64x64: one more halving before attention, so attention sits at 16x16,
             # the same level as 8x8 in shapes32-t2i, and every weight of shapes32-unet fits (init_from).
             model_kwargs={"cond_dim": 64, "image_size": 64, "attn_resolutions": (16,)},
-            schedule="linear",
             data=DataSpec("shapes", n=20000, seed=0, size=64, hold_out=True),
+            task=Denoising(schedule="linear", **TEXT),
             # GPU-sized: the pixel-space baseline chapter 4 compares the latent model with (~4x the FLOPs of
             # the 32x32 model per step). Ran with --time-budget on a GPU; the JSON records the steps it fit.
-            train=TrainConfig(steps=6000, batch_size=128, lr=3e-4, weight_decay=0.0, warmup=200,
-                              lr_schedule="cosine", ema_decay=0.999, grad_clip=1.0, seed=0, ckpt_every=1000,
-                              log_every=50, cond_drop_prob=0.1),
+            train=_diffusion_config(steps=6000, batch_size=128, warmup=200),
             init_from="shapes32-unet",
-            text_encoder="shapes-clip",
             description="text-to-image 64x64 shapes U-Net in pixel space (the baseline of chapter 4)",
         ),
         Recipe(
             name="shapes64-latent-t2i",
             model="unet_latent_cond",
             model_kwargs={"cond_dim": 64},
-            # Stable Diffusion's schedule for latents: betas linear in sqrt from 0.00085 to 0.012.
-            schedule="scaled_linear",
             data=DataSpec("shapes", n=20000, seed=0, size=64, hold_out=True),
+            # Stable Diffusion's schedule for latents: betas linear in sqrt from 0.00085 to 0.012.
+            task=Denoising(schedule="scaled_linear", vae="shapes64-vae", **TEXT),
             # GPU-sized: a from-scratch U-Net on 8x8x4 latents (the images go through shapes64-vae once).
-            train=TrainConfig(steps=12000, batch_size=256, lr=3e-4, weight_decay=0.0, warmup=500,
-                              lr_schedule="cosine", ema_decay=0.999, grad_clip=1.0, seed=0, ckpt_every=1000,
-                              log_every=50, cond_drop_prob=0.1),
-            text_encoder="shapes-clip",
-            vae="shapes64-vae",
+            train=_diffusion_config(steps=12000, batch_size=256, warmup=500),
             description="text-to-image latent diffusion: 8x8x4 latents of shapes64-vae, decoded to 64x64",
         ),
         Recipe(
             name="toy2d-mlp",
             model="mlp_2d",
-            schedule="linear",
             data=DataSpec("toy2d", n=10000, seed=0, name="moons"),
+            task=Denoising(schedule="linear"),
             # CPU-sized: a few seconds.
             train=TrainConfig(steps=3000, batch_size=256, lr=1e-3, warmup=100, lr_schedule="cosine",
                               ema_decay=0.995, grad_clip=1.0, seed=0, ckpt_every=1000, log_every=50),
             description="2-D 'moons' point cloud MLP (DDPM linear schedule, T=1000)",
+        ),
+        Recipe(
+            name="shapes64-vae",
+            model="vae_f8",
+            data=DataSpec("shapes", n=20000, seed=0, size=64),  # 64x64x3 -> 8x8x4 latents: SD's 48x
+            task=Autoencoding(kl_weight=1e-6),
+            # GPU-sized: 3000 x 64 = 192k images (~10 epochs); minutes on one GPU, about 2 hours on a CPU core.
+            train=TrainConfig(steps=3000, batch_size=64, lr=1e-3, warmup=100, lr_schedule="cosine", ema_decay=None,
+                              grad_clip=0.0, seed=0, ckpt_every=500, log_every=50),
+            description="KL autoencoder (f=8, 4 channels) for latent diffusion on 64x64 shapes",
+        ),
+        Recipe(
+            name="shapes-classifier",
+            model="shapes_classifier",
+            # Every attribute combination, held-out pairs included: it must judge any image.
+            data=DataSpec("shapes", n=20000, seed=0, size=32),
+            task=Classification(noise_std=0.1, blur_prob=0.5),
+            # CPU-sized: about a minute on 2 cores; every head is at ~100% on fresh renders after ~750 steps.
+            train=TrainConfig(steps=1500, batch_size=64, lr=3e-3, weight_decay=1e-4, warmup=50,
+                              lr_schedule="cosine", ema_decay=None, grad_clip=0.0, seed=0, ckpt_every=500,
+                              log_every=50),
+            description="attribute classifier (shape, color, size, position, background) behind course_lib.metrics",
+        ),
+        Recipe(
+            name="shapes-clip",
+            model="shapes_clip",
+            data=DataSpec("shapes", n=20000, seed=0, size=32, hold_out=True),  # held-out pairs: composition tests
+            task=Contrastive(),
+            # CPU-sized (17 min on one thread). AdamW as open_clip trains CLIP: betas (0.9, 0.98), eps 1e-6,
+            # weight decay 0.1 on matrices only; small models from scratch like a large learning rate.
+            train=TrainConfig(steps=1500, batch_size=128, lr=1e-3, weight_decay=0.1, betas=(0.9, 0.98), eps=1e-6,
+                              warmup=200, lr_schedule="cosine", ema_decay=None, grad_clip=0.0, seed=0,
+                              ckpt_every=500, log_every=50),
+            description="tiny CLIP (open_clip ViT + text transformer) trained contrastively on captioned shapes",
         ),
     ]
 }

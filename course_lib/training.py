@@ -1,8 +1,13 @@
-"""Training a noise predictor with the simplified DDPM objective (Ho et al. 2020, eq. 14).
+"""The one training loop of the course: every model it ships (denoisers, VAE, classifier, CLIP) trains here.
 
-`train` is one visible loop: sample a batch, compute `diffusion_loss`, AdamW step, EMA update, and every
-`ckpt_every` steps an atomic safetensors checkpoint that `train` resumes from with no lost steps (on CPU an
-interrupted + resumed run ends with bit-identical weights).
+    result = train(model, loss_fn, data, config)
+
+`loss_fn(model, batch, generator)` is the objective (course_lib.losses), `data` draws batches (a tensor, or a
+course_lib.batches source), `config` a TrainConfig. The loop is the same for all of them: AdamW (fused where the
+device has a fused kernel), linear warm-up then a constant or cosine learning rate, gradient clipping, an EMA of
+the weights, bf16 autocast on CUDA, a tqdm progress bar, the loss of every step, atomic safetensors checkpoints
+of the whole state that a killed run resumes from with no lost step (on the CPU bit-identical to an
+uninterrupted run), and data parallelism over the processes torchrun starts (course_lib.distributed).
 """
 from __future__ import annotations
 
@@ -16,64 +21,71 @@ from pathlib import Path
 
 import torch
 import torch.nn as nn
-import torch.nn.functional as F
 from safetensors import SafetensorError, safe_open
 from safetensors.torch import load_file, save_file
+from torch.nn.parallel import DistributedDataParallel
 from tqdm.auto import tqdm
 
 import course_lib
+from course_lib import distributed
+from course_lib.batches import TensorBatches
 from course_lib.pretrained import CheckpointError, check_state_matches
 
-_STATE_FORMAT = "course_lib.train_state/1"
+_STATE_FORMAT = "course_lib.train_state/2"
+_RESUMABLE_CHANGES = ("ckpt_every", "log_every")  # config fields a resumed run may change: they alter no number
 
 
 @dataclass
 class TrainConfig:
-    """Hyper-parameters of one training run."""
+    """Hyper-parameters of one training run; every model's recipe fills in its own (course_lib.recipes)."""
 
     steps: int = 1000  # optimizer steps in total (a resumed run continues up to this number)
-    batch_size: int = 64  # images (or points) per step, drawn with replacement from x0_data
+    batch_size: int = 64  # examples per step, drawn with replacement; under torchrun the global batch
     lr: float = 2e-4  # peak AdamW learning rate (DDPM used 2e-4 on CIFAR-10)
-    weight_decay: float = 0.0  # AdamW decoupled weight decay
+    weight_decay: float = 0.0  # AdamW decoupled weight decay, on weight matrices and kernels only (not on biases,
+    #                            normalisation gains or scalars, as nanoGPT and open_clip do)
+    betas: tuple[float, float] = (0.9, 0.999)  # AdamW's moment decays (CLIP: 0.9, 0.98)
+    eps: float = 1e-8  # AdamW's denominator epsilon (CLIP: 1e-6)
     warmup: int = 100  # steps of linear learning-rate warm-up from ~0 to lr
     lr_schedule: str = "constant"  # after warm-up: "constant" or "cosine" (decay to 0 at `steps`)
-    ema_decay: float = 0.999  # EMA of the weights; the EMA copy is what gets sampled from
+    ema_decay: float | None = 0.999  # EMA of the weights (what a denoiser is sampled from); None = keep no EMA
     grad_clip: float = 1.0  # clip the global gradient norm to this (0 = off), as in DDPM
-    seed: int = 0  # seeds batch indices, timesteps, noise, cond dropout and dropout layers
+    seed: int = 0  # seeds the batches, the objective's draws and dropout layers
     ckpt_every: int = 0  # write ckpt_path every this many steps (0 = only at the end)
-    log_every: int = 50  # update the progress bar / call the callback every this many steps
-    cond_drop_prob: float = 0.0  # probability of replacing a sample's cond by the "empty" cond (for CFG)
+    log_every: int = 50  # move the losses to the CPU, update the progress bar and call the callback this often
 
     def __post_init__(self):
-        if self.steps < 1 or self.batch_size < 1 or self.log_every < 1 or self.ckpt_every < 0 or self.warmup < 0:
+        self.betas = tuple(float(b) for b in self.betas)  # JSON round trips give lists
+        if min(self.steps, self.batch_size, self.log_every) < 1 or self.ckpt_every < 0 or self.warmup < 0:
             raise ValueError("steps, batch_size and log_every must be >= 1; ckpt_every and warmup >= 0")
         if self.lr_schedule not in ("constant", "cosine"):
             raise ValueError(f"lr_schedule must be 'constant' or 'cosine', got {self.lr_schedule!r}")
-        if not 0.0 <= self.ema_decay < 1.0 or not 0.0 <= self.cond_drop_prob < 1.0:
-            raise ValueError("ema_decay and cond_drop_prob must be in [0, 1)")
+        if not self.lr > 0 or self.weight_decay < 0 or self.grad_clip < 0 or not self.eps > 0:
+            raise ValueError("lr and eps must be > 0; weight_decay and grad_clip >= 0")
+        if len(self.betas) != 2 or not all(0.0 <= b < 1.0 for b in self.betas):
+            raise ValueError(f"betas must be two numbers in [0, 1), e.g. (0.9, 0.999); got {self.betas}")
+        if self.ema_decay is not None and not 0.0 <= self.ema_decay < 1.0:
+            raise ValueError(f"ema_decay must be in [0, 1) or None (no EMA), got {self.ema_decay}")
 
 
 @dataclass
 class TrainResult:
-    """What `train` returns: the trained model, its EMA copy and the per-step loss history."""
+    """What `train` returns: the trained model, its EMA copy and the loss of every step."""
 
-    model: nn.Module  # the raw (last-step) weights, in train mode
-    ema: nn.Module  # exponential moving average of the weights, in eval mode: use this one to sample
-    history: list[float] = field(repr=False)  # loss of every step from step 0 (also across resumes)
+    model: nn.Module  # the last step's weights, in eval mode
+    ema: nn.Module | None  # exponential moving average of the weights, in eval mode (None without EMA)
+    history: list[float] = field(repr=False)  # the loss of every step from step 0 (also across resumes)
+    components: dict[str, list[float]] = field(repr=False)  # other scalars the objective logs, every step
     steps: int  # steps done in total
     start_step: int = 0  # step this call resumed from (0 for a fresh run)
     seconds: float = 0.0  # wall time of this call's training loop
-    images_per_s: float = 0.0  # training throughput of this call: (steps - start_step) * batch_size / seconds
+    images_per_s: float = 0.0  # throughput of this call, all ranks together: (steps - start_step) * batch / seconds
+    world_size: int = 1  # processes that trained together (torchrun)
 
-
-def diffusion_loss(model, schedule, x0, *, generator=None, cond=None, cond_mask=None) -> torch.Tensor:
-    """The simplified DDPM loss E_{t, eps} || eps - eps_theta(x_t, t) ||^2 (Ho et al. 2020, eq. 14)."""
-    B, T = x0.shape[0], schedule.num_train_timesteps
-    gen_device = generator.device if generator is not None else x0.device
-    t = torch.randint(0, T, (B,), generator=generator, device=gen_device).to(x0.device)  # t ~ Uniform{0..T-1}
-    eps = torch.randn(x0.shape, generator=generator, device=gen_device, dtype=x0.dtype).to(x0.device)
-    x_t = schedule.add_noise(x0, eps, t)  # sqrt(alpha_bar_t) x0 + sqrt(1 - alpha_bar_t) eps
-    return F.mse_loss(model(x_t, t, cond=cond, cond_mask=cond_mask).float(), eps.float())
+    @property
+    def final(self) -> nn.Module:
+        """The weights to use: the EMA if there is one, else the last step's."""
+        return self.ema if self.ema is not None else self.model
 
 
 def learning_rate(step: int, config: TrainConfig) -> float:
@@ -86,162 +98,175 @@ def learning_rate(step: int, config: TrainConfig) -> float:
     return config.lr * 0.5 * (1.0 + math.cos(math.pi * min(1.0, progress)))
 
 
+def ema_decay_at(step: int, config: TrainConfig) -> float:
+    """EMA decay with warm-up, min(decay, (1 + step) / (10 + step)), so short runs still get a useful EMA."""
+    return min(config.ema_decay, (1.0 + step) / (10.0 + step))
+
+
 @torch.no_grad()
 def update_ema(ema: nn.Module, model: nn.Module, decay: float) -> None:
-    """ema <- decay * ema + (1 - decay) * model, parameter by parameter."""
+    """ema <- decay * ema + (1 - decay) * model, parameter by parameter; buffers are copied."""
     for p_ema, p in zip(ema.parameters(), model.parameters()):
         p_ema.lerp_(p.detach(), 1.0 - decay)
     for b_ema, b in zip(ema.buffers(), model.buffers()):
         b_ema.copy_(b)
 
 
-def ema_decay_at(step: int, config: TrainConfig) -> float:
-    """EMA decay with warm-up, min(decay, (1 + step) / (10 + step)), so short runs still get a useful EMA."""
-    return min(config.ema_decay, (1.0 + step) / (10.0 + step))
+def make_optimizer(model: nn.Module, config: TrainConfig, device: torch.device) -> torch.optim.AdamW:
+    """AdamW with weight decay on >= 2-D tensors only; fused (one kernel for every tensor) where available."""
+    params = [p for p in model.parameters() if p.requires_grad]
+    groups = [{"params": [p for p in params if p.ndim >= 2], "weight_decay": config.weight_decay},
+              {"params": [p for p in params if p.ndim < 2], "weight_decay": 0.0}]
+    groups = [g for g in groups if g["params"]]
+    try:
+        return torch.optim.AdamW(groups, lr=config.lr, betas=config.betas, eps=config.eps, fused=True)
+    except RuntimeError:  # no fused kernel for this device or dtype: the per-tensor implementation
+        return torch.optim.AdamW(groups, lr=config.lr, betas=config.betas, eps=config.eps)
 
 
 #################################################################################
 #                                 The loop                                      #
 #################################################################################
 
-def train(model, schedule, x0_data, config: TrainConfig, *, cond_data=None, empty_cond=None, ckpt_path=None,
-          device=None, progress=True, callback=None) -> TrainResult:
-    """Train `model` to predict eps on x0_data (N, ...) with AdamW + EMA; resumes from ckpt_path if it exists.
+def train(model: nn.Module, loss_fn, data, config: TrainConfig, *, ckpt_path=None, device=None,
+          progress: bool = True, callback=None) -> TrainResult:
+    """Train `model` on batches of `data` to minimise `loss_fn`; resumes from ckpt_path if that file exists.
 
-    cond_data: optional tokens (N, L, D), or a tuple (tokens (N, L, D), mask (N, L) bool), one per x0.
-    empty_cond: what a dropped cond becomes (tokens (L, D) or (tokens, mask)); None = mask every token out.
-    callback(step, history) is called every `log_every` steps.
+    data: a tensor (N, ...), a tuple of tensors with one row per example, or a batch source (course_lib.batches).
+    callback(step, history) is called every `log_every` steps. Under torchrun every rank calls `train` with the
+    same arguments: each draws the same global batch and keeps its slice, and rank 0 alone writes ckpt_path.
     """
     device = torch.device(device) if device is not None else course_lib.device()
-    data, cond, cond_mask, empty = _prepare_data(x0_data, cond_data, empty_cond, config, device)
+    rank, world = distributed.rank(), distributed.world_size()
+    if config.batch_size % world:
+        raise ValueError(f"batch_size {config.batch_size} must be a multiple of the {world} processes (it is the "
+                         f"global batch, split evenly between them)")
+    data = (data if hasattr(data, "sample") else TensorBatches(*(data if isinstance(data, tuple) else (data,))))
+    data = data.to(device)
     model.to(device).train()
-    ema = copy.deepcopy(model).requires_grad_(False).eval()
-    optimizer = torch.optim.AdamW(model.parameters(), lr=config.lr, weight_decay=config.weight_decay,
-                                  fused=device.type == "cuda")
+    ema = copy.deepcopy(model).requires_grad_(False).eval() if config.ema_decay is not None else None
+    # The objective calls `net`: under torchrun the DDP wrapper, whose backward averages gradients over ranks.
+    net = DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None) \
+        if world > 1 else model
+    optimizer = make_optimizer(model, config, device)
+    # One generator draws the batches and the objective's randomness. Under torchrun the batches come from a
+    # second generator with the same seed on every rank (so all ranks agree on the global batch), and each rank
+    # seeds its own stream for the objective's draws, so no two ranks draw the same noise.
     generator = torch.Generator(device=device)
-    step, history = 0, []
+    data_generator = generator if world == 1 else torch.Generator(device=device)
+    seed = config.seed if world == 1 else config.seed + 100_003 * (rank + 1)
     rng_devices = [device.index or 0] if device.type == "cuda" else []
     # fork_rng: seed (and restore) the global RNG that dropout uses, without leaking into the caller's RNG.
     with torch.random.fork_rng(devices=rng_devices):
-        generator.manual_seed(config.seed)
-        torch.manual_seed(config.seed)
+        generator.manual_seed(seed)
+        data_generator.manual_seed(config.seed)
+        torch.manual_seed(seed)
+        step, history, components = 0, [], {}
+        rngs = (generator, data_generator)
         if ckpt_path is not None and Path(ckpt_path).exists():
-            step, history = load_train_state(ckpt_path, model, ema, optimizer, generator, device)
+            step, history, components = load_train_state(ckpt_path, model, ema, optimizer, rngs, config, device)
         start_step, start_time, pending = step, time.perf_counter(), []
-        bar = tqdm(total=config.steps, initial=step, disable=not progress, desc="train", unit="step",
+        bar = tqdm(total=config.steps, initial=step, disable=not progress or rank != 0, desc="train", unit="step",
                    mininterval=1.0)
         while step < config.steps:
-            batch = _sample_batch(data, cond, cond_mask, empty, config, generator)  # (x0, cond, cond_mask)
-            loss = train_step(model, ema, optimizer, schedule, batch, config, step, generator)
-            pending.append(loss)  # no .item() here: it would sync the GPU every step
+            batch = distributed.shard(data.sample(config.batch_size, data_generator), rank, world)
+            losses = train_step(net, model, ema, optimizer, loss_fn, batch, config, step, generator)
+            pending.append(losses)  # no .item() here: it would wait for the GPU every step
             step += 1
             bar.update(1)
             periodic = config.ckpt_every and step % config.ckpt_every == 0
             save_now = ckpt_path is not None and (step == config.steps or periodic)
             if save_now or step % config.log_every == 0 or step == config.steps:
-                history.extend(torch.stack(pending).float().cpu().tolist())
+                _flush(pending, history, components)
                 pending = []
                 bar.set_postfix(loss=f"{history[-1]:.4f}")
                 if callback is not None:
                     callback(step, history)
             if save_now:
-                save_train_state(ckpt_path, model, ema, optimizer, generator, step, history, config)
+                save_train_state(ckpt_path, model, ema, optimizer, rngs, step, history, components, config)
         bar.close()
     seconds = time.perf_counter() - start_time
+    model.eval()
     images_per_s = (step - start_step) * config.batch_size / seconds if step > start_step else 0.0
-    return TrainResult(model, ema, history, step, start_step, seconds, images_per_s)
+    return TrainResult(model, ema, history, components, step, start_step, seconds, images_per_s, world)
 
 
-def train_step(model, ema, optimizer, schedule, batch, config, step, generator) -> torch.Tensor:
-    """One AdamW step on the eps-loss of `batch` (bf16 autocast on CUDA), then the EMA update; returns the loss."""
+def train_step(net, model, ema, optimizer, loss_fn, batch, config, step, generator) -> dict[str, torch.Tensor]:
+    """One AdamW step on loss_fn(net, batch) (bf16 autocast on CUDA), then the EMA update.
+
+    Returns the detached loss, and any other scalars the objective logs: {"loss": ..., name: ...}.
+    """
     for group in optimizer.param_groups:
         group["lr"] = learning_rate(step, config)
-    x0, cond, cond_mask = batch
-    with torch.autocast(x0.device.type, dtype=torch.bfloat16, enabled=x0.device.type == "cuda"):
-        loss = diffusion_loss(model, schedule, x0, generator=generator, cond=cond, cond_mask=cond_mask)
+    device_type = next(model.parameters()).device.type
+    with torch.autocast(device_type, dtype=torch.bfloat16, enabled=device_type == "cuda"):
+        out = loss_fn(net, batch, generator)
+    out = out if isinstance(out, dict) else {"loss": out}
     optimizer.zero_grad(set_to_none=True)
-    loss.backward()
+    out["loss"].backward()
     if config.grad_clip > 0:
         nn.utils.clip_grad_norm_(model.parameters(), config.grad_clip)
     optimizer.step()
-    update_ema(ema, model, ema_decay_at(step, config))
-    return loss.detach()
+    if hasattr(loss_fn, "after_step"):
+        loss_fn.after_step(model)
+    if ema is not None:
+        update_ema(ema, model, ema_decay_at(step, config))
+    return {name: value.detach().float() for name, value in out.items()}
 
 
-def _prepare_data(x0_data, cond_data, empty_cond, config, device):
-    """Move x0 (and cond tokens / masks) to the device once; check that they line up."""
-    if not isinstance(x0_data, torch.Tensor) or not x0_data.is_floating_point() or x0_data.ndim < 2 or not len(x0_data):
-        raise ValueError("x0_data must be a non-empty float tensor (N, ...), e.g. ShapesDataset(...).images()")
-    data = x0_data.to(device)
-    if cond_data is None:
-        if config.cond_drop_prob > 0:
-            raise ValueError("cond_drop_prob > 0 needs cond_data")
-        return data, None, None, None
-    cond, mask = cond_data if isinstance(cond_data, (tuple, list)) else (cond_data, None)
-    if cond.ndim != 3 or len(cond) != len(data) or (mask is not None and mask.shape != cond.shape[:2]):
-        raise ValueError(f"cond_data must be tokens ({len(data)}, L, D) [and a bool mask ({len(data)}, L)], "
-                         f"one per x0; got {tuple(cond.shape)}")
-    cond = cond.to(device)
-    if mask is None and config.cond_drop_prob > 0 and empty_cond is None:
-        mask = torch.ones(cond.shape[:2], dtype=torch.bool)  # dropping = masking out every token
-    mask = mask.to(device, torch.bool) if mask is not None else None
-    empty = None
-    if empty_cond is not None:
-        tokens, e_mask = empty_cond if isinstance(empty_cond, (tuple, list)) else (empty_cond, None)
-        tokens = tokens.reshape(cond.shape[1:]).to(device)  # (L, D): one "empty" token sequence
-        if (mask is None) != (e_mask is None):
-            raise ValueError("give masks for both cond_data and empty_cond, or for neither")
-        empty = (tokens, e_mask.reshape(cond.shape[1]).to(device, torch.bool) if e_mask is not None else None)
-    return data, cond, mask, empty
-
-
-def _sample_batch(data, cond, cond_mask, empty, config, generator):
-    """A random batch (with replacement), with cond dropped to the empty cond at rate cond_drop_prob."""
-    idx = torch.randint(0, len(data), (config.batch_size,), generator=generator, device=generator.device)
-    idx = idx.to(data.device)
-    if cond is None:
-        return data[idx], None, None
-    c = cond[idx]  # (B, L, D)
-    c_mask = cond_mask[idx] if cond_mask is not None else None  # (B, L)
-    if config.cond_drop_prob > 0:
-        drop = torch.rand(config.batch_size, generator=generator, device=generator.device).to(data.device)
-        drop = drop < config.cond_drop_prob  # (B,)
-        if empty is None:
-            c_mask = c_mask & ~drop[:, None]  # a fully masked sample gets no cross-attention at all
-        else:
-            c = torch.where(drop[:, None, None], empty[0], c)
-            if c_mask is not None:
-                c_mask = torch.where(drop[:, None], empty[1], c_mask)
-    return data[idx], c, c_mask
+def _flush(pending: list[dict], history: list[float], components: dict[str, list[float]]) -> None:
+    """Move the pending per-step losses (averaged over ranks) to the CPU: one GPU sync per `log_every` steps."""
+    names = ["loss", *(name for name in pending[0] if name != "loss")]
+    values = torch.stack([torch.stack([p[name] for name in names]) for p in pending])  # (steps, names)
+    values = distributed.mean(values).cpu()
+    history.extend(values[:, 0].tolist())
+    for i, name in enumerate(names[1:], start=1):
+        components.setdefault(name, []).extend(values[:, i].tolist())
 
 
 #################################################################################
 #                        Checkpoints of the training state                      #
 #################################################################################
 
-def save_train_state(path, model, ema, optimizer, generator, step, history, config) -> None:
-    """Atomically write weights, EMA, AdamW state and RNG states (tensors) + step/history (metadata)."""
-    path = Path(path)
+def save_train_state(path, model, ema, optimizer, rngs, step, history, components, config) -> None:
+    """Atomically write weights, EMA, AdamW state and every rank's RNG states (tensors) + step/history (metadata).
+
+    Under torchrun every rank calls this (the RNG states are gathered) and rank 0 writes the file.
+    """
+    generator, data_generator = rngs
+    states = {"generator": generator.get_state(), "torch_cpu": torch.get_rng_state()}  # ByteTensors
+    if data_generator is not generator:
+        states["data_generator"] = data_generator.get_state()
+    if generator.device.type == "cuda":
+        states["torch_cuda"] = torch.cuda.get_rng_state(generator.device)
+    every_rank = distributed.gather({k: v.cpu() for k, v in states.items()})
+    if distributed.rank() != 0:
+        return
     tensors = {f"model.{k}": v for k, v in model.state_dict().items()}
-    tensors.update({f"ema.{k}": v for k, v in ema.state_dict().items()})
+    if ema is not None:
+        tensors.update({f"ema.{k}": v for k, v in ema.state_dict().items()})
     for index, state in optimizer.state_dict()["state"].items():
         for name, value in state.items():  # AdamW: step, exp_avg, exp_avg_sq per parameter
             tensors[f"optim.{index}.{name}"] = torch.as_tensor(value)
-    tensors["rng.generator"] = generator.get_state()  # ByteTensor
-    tensors["rng.torch_cpu"] = torch.get_rng_state()
-    if generator.device.type == "cuda":
-        tensors["rng.torch_cuda"] = torch.cuda.get_rng_state(generator.device)
+    for rank, rank_states in enumerate(every_rank):
+        tensors.update({f"rng.{rank}.{name}": state for name, state in rank_states.items()})
     tensors = {k: v.detach().cpu().contiguous() for k, v in tensors.items()}
     metadata = {"format": _STATE_FORMAT, "step": str(step), "history": json.dumps(history),
-                "train_config": json.dumps(asdict(config))}
+                "components": json.dumps(components), "train_config": json.dumps(asdict(config)),
+                "world_size": str(len(every_rank))}
+    path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(path.name + ".tmp")  # same directory, so os.replace is an atomic rename
     save_file(tensors, str(tmp), metadata=metadata)
     os.replace(tmp, path)
 
 
-def load_train_state(path, model, ema, optimizer, generator, device) -> tuple[int, list[float]]:
-    """Restore what `save_train_state` wrote into model, ema, optimizer and RNGs; returns (step, history)."""
+def load_train_state(path, model, ema, optimizer, rngs, config, device) -> tuple[int, list[float], dict]:
+    """Restore what `save_train_state` wrote into model, ema, optimizer and RNGs; returns (step, history, components).
+
+    A state written with another TrainConfig (other than ckpt_every / log_every) or another number of processes
+    is refused: resuming it would silently train a different run than the one the file belongs to.
+    """
     path = Path(path)
     hint = f"delete {path} to start over, or pass another ckpt_path"
     try:
@@ -249,14 +274,29 @@ def load_train_state(path, model, ema, optimizer, generator, device) -> tuple[in
             metadata = f.metadata() or {}
         tensors = load_file(str(path))
         step, history = int(metadata["step"]), json.loads(metadata["history"])
+        components, saved = json.loads(metadata["components"]), json.loads(metadata["train_config"])
+        world = int(metadata["world_size"])
     except (SafetensorError, OSError, ValueError, KeyError) as e:
-        raise CheckpointError(f"cannot read training checkpoint {path} ({e}); {hint}") from e
+        raise CheckpointError(f"cannot read training checkpoint {path} ({type(e).__name__}: {e}); {hint}") from e
     if metadata.get("format") != _STATE_FORMAT:
-        raise CheckpointError(f"{path} is not a course_lib training checkpoint; {hint}")
+        raise CheckpointError(f"{path} is not a training checkpoint of this course_lib ({metadata.get('format')}); "
+                              f"{hint}")
+    changed = {k: (saved.get(k), v) for k, v in json.loads(json.dumps(asdict(config))).items()
+               if k not in _RESUMABLE_CHANGES and saved.get(k) != v}
+    if changed:
+        detail = ", ".join(f"{k}: saved {old!r}, now {new!r}" for k, (old, new) in changed.items())
+        raise CheckpointError(f"{path} belongs to a run with another configuration ({detail}); resume with the "
+                              f"saved settings (e.g. --steps {saved.get('steps')} --batch-size "
+                              f"{saved.get('batch_size')}), or {hint}")
+    if world != distributed.world_size():
+        raise CheckpointError(f"{path} was written by {world} processes, this run has {distributed.world_size()}; "
+                              f"resume with torchrun --nproc_per_node={world} (the batches and noise depend on it), "
+                              f"or {hint}")
     model_state = {k[len("model."):]: v for k, v in tensors.items() if k.startswith("model.")}
     check_state_matches(path, model, model_state, hint)
     model.load_state_dict(model_state)
-    ema.load_state_dict({k[len("ema."):]: v for k, v in tensors.items() if k.startswith("ema.")})
+    if ema is not None:
+        ema.load_state_dict({k[len("ema."):]: v for k, v in tensors.items() if k.startswith("ema.")})
     optim_state = optimizer.state_dict()
     optim_state["state"] = {}
     for key, value in tensors.items():
@@ -264,9 +304,12 @@ def load_train_state(path, model, ema, optimizer, generator, device) -> tuple[in
             _, index, name = key.split(".", 2)
             optim_state["state"].setdefault(int(index), {})[name] = value
     optimizer.load_state_dict(optim_state)
-    generator.set_state(tensors["rng.generator"])
-    torch.set_rng_state(tensors["rng.torch_cpu"])
-    if device.type == "cuda" and "rng.torch_cuda" in tensors:
-        torch.cuda.set_rng_state(tensors["rng.torch_cuda"], device)
-    return step, history
-
+    generator, data_generator = rngs
+    mine = f"rng.{distributed.rank()}."
+    generator.set_state(tensors[mine + "generator"])
+    if data_generator is not generator:
+        data_generator.set_state(tensors[mine + "data_generator"])
+    torch.set_rng_state(tensors[mine + "torch_cpu"])
+    if device.type == "cuda" and mine + "torch_cuda" in tensors:
+        torch.cuda.set_rng_state(tensors[mine + "torch_cuda"], device)
+    return step, history, components

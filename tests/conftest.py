@@ -69,11 +69,12 @@ def save_t2i_checkpoints(directory: Path) -> Path:
     unconditional one); returns directory. No weight is zero, so prompts and guidance change the samples."""
     import torch
 
-    from course_lib import clip, pretrained
+    from course_lib import pretrained
     from course_lib.models import unet_small_cond, unet_tiny
+    from course_lib.models.clip import create_clip
 
     torch.manual_seed(0)
-    clip.save_clip(clip.create_clip(TINY_CLIP), meta={}, directory=directory)
+    pretrained.save("shapes-clip", create_clip(TINY_CLIP), schedule_name=None, directory=directory)
     unet = unet_small_cond(cond_dim=TINY_CLIP["text_cfg"]["width"], base_channels=16, dropout=0.0)
     uncond = unet_tiny()
     with torch.no_grad():

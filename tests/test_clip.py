@@ -1,5 +1,5 @@
-"""course_lib.clip: the open_clip "shapes-clip" model, tokenizer checks, per-token text features, training, zero-shot
-evaluation and checkpoints."""
+"""The open_clip "shapes-clip" model (course_lib.models.clip): tokenizer checks, per-token text features, training
+with the one loop and ContrastiveLoss, zero-shot evaluation (course_lib.metrics) and checkpoints."""
 import json
 import logging
 import math
@@ -8,9 +8,13 @@ import open_clip
 import pytest
 import torch
 
-from course_lib import clip
+from course_lib import metrics, pretrained
+from course_lib.batches import CaptionBatches
 from course_lib.data import BACKGROUNDS, COLORS, POSITIONS, SHAPES, SIZES, ShapesDataset
+from course_lib.losses import ContrastiveLoss
+from course_lib.models import clip, unet_tiny
 from course_lib.pretrained import CheckpointError, CheckpointNotFoundError
+from course_lib.training import TrainConfig, train
 
 RETRAIN = "python -m course_lib.train shapes-clip"
 # A smaller architecture of the same family, so that training and evaluation tests take seconds.
@@ -141,24 +145,35 @@ def test_training_lowers_the_contrastive_loss():
     torch.manual_seed(0)
     model = clip.create_clip(TINY)
     # 16 images, each captioned with a random template every step: overfitting them is enough to see learning.
-    config = clip.ClipTrainConfig(steps=40, batch_size=16, lr=2e-3, weight_decay=0.0, warmup=5, seed=1,
-                                  log_every=10, n_images=16)
-    result = clip.train_clip(model, config, device="cpu", progress=False)
-    history = result["history"]
-    assert len(history) == 40 and result["images_per_s"] > 0 and result["seconds"] > 0
+    config = TrainConfig(steps=40, batch_size=16, lr=2e-3, weight_decay=0.0, betas=(0.9, 0.98), eps=1e-6, warmup=5,
+                         lr_schedule="cosine", ema_decay=None, grad_clip=0.0, seed=1, log_every=10)
+    data = CaptionBatches(ShapesDataset(size=32, n=16, seed=1))
+    result = train(model, ContrastiveLoss(), data, config, device="cpu", progress=False)
+    history = result.history
+    assert len(history) == 40 and result.images_per_s > 0 and result.seconds > 0
     early, late = sum(history[:5]) / 5, sum(history[-5:]) / 5
     assert early > math.log(16) - 0.3  # starts near chance: ln(batch size)
     assert late < 0.75 * early and late < math.log(16) - 0.5
     assert not model.training  # returned in eval mode
-    assert model.logit_scale.exp().item() <= 100.0 + 1e-3  # clamped, as in CLIP
 
 
-def test_train_config_validation():
-    with pytest.raises(ValueError, match="negatives"):
-        clip.ClipTrainConfig(batch_size=1)
+def test_after_step_clamps_the_temperature_as_clip_does():
+    model, objective = clip.create_clip(TINY), ContrastiveLoss()
+    for start, expected in ((math.log(200.0), 100.0), (-1.0, 1.0), (math.log(14.3), 14.3)):
+        with torch.no_grad():
+            model.logit_scale.fill_(start)
+        objective.after_step(model)
+        assert model.logit_scale.exp().item() == pytest.approx(expected, rel=1e-5)  # s in [1, 100]
+
+
+def test_contrastive_batches_need_negatives_and_distinct_combinations():
+    data = CaptionBatches(ShapesDataset(size=32, n=4, seed=0))
     with pytest.raises(ValueError, match="distinct attribute combinations"):
-        clip.train_clip(clip.create_clip(TINY), clip.ClipTrainConfig(steps=1, batch_size=8, n_images=4),
-                        device="cpu", progress=False)
+        data.sample(8, torch.Generator())
+    images, tokens = data.sample(len(data), torch.Generator().manual_seed(0))
+    assert images.shape == (len(data), 3, 32, 32) and tokens.shape == (len(data), 32)
+    with pytest.raises(ValueError, match="negatives"):
+        ContrastiveLoss()(clip.create_clip(TINY), (images[:1], tokens[:1]), torch.Generator())
 
 
 def test_zero_shot_helpers_return_valid_labels(tiny):
@@ -166,31 +181,31 @@ def test_zero_shot_helpers_return_valid_labels(tiny):
     valid = {"shape": SHAPES, "color": tuple(COLORS), "size": SIZES, "position": POSITIONS,
              "background": BACKGROUNDS}
     for attribute, values in valid.items():
-        labels = clip.zero_shot_predict(tiny, ds.images(), attribute)
+        labels = metrics.zero_shot_predict(tiny, ds.images(), attribute)
         assert len(labels) == 12 and set(labels) <= set(values)
     for ensemble in (False, True):
-        accuracy = clip.zero_shot_accuracy(tiny, ds, ensemble=ensemble)
+        accuracy = metrics.zero_shot_accuracy(tiny, ds, ensemble=ensemble)
         assert set(accuracy) == set(valid) and all(0.0 <= a <= 1.0 for a in accuracy.values())
-    values, prompts = clip.zero_shot_prompts("color")
+    values, prompts = metrics.zero_shot_prompts("color")
     assert values == tuple(COLORS) and prompts[0] == "something red"
     # the accuracy is the agreement of zero_shot_predict with the true attributes
-    labels = clip.zero_shot_predict(tiny, ds.images(), "size", ensemble=True)
+    labels = metrics.zero_shot_predict(tiny, ds.images(), "size", ensemble=True)
     assert accuracy["size"] == sum(lab == a.size for lab, a in zip(labels, ds.attributes())) / 12
     with pytest.raises(ValueError, match="valid attributes: shape, color"):
-        clip.zero_shot_predict(tiny, ds.images(), "texture")
+        metrics.zero_shot_predict(tiny, ds.images(), "texture")
 
 
 def test_similarity_matrix_and_retrieval(tiny):
     ds = ShapesDataset(size=32, n=6, seed=7)
-    sims = clip.similarity_matrix(tiny, ds.images(), ds.captions())
+    sims = metrics.similarity_matrix(tiny, ds.images(), ds.captions())
     assert sims.shape == (6, 6) and sims.abs().max() <= 1.0 + 1e-5
     expected = (sims.argmax(dim=0) == torch.arange(6)).float().mean().item()
-    assert clip.retrieval_top1(tiny, ds.images(), ds.captions()) == pytest.approx(expected)
+    assert metrics.retrieval_top1(tiny, ds.images(), ds.captions()) == pytest.approx(expected)
     twins = ds.images()[[0, 0]]  # two identical images with the same attributes: either one is a hit
     attrs = [ds.attributes()[0]] * 2
-    assert clip.retrieval_top1(tiny, twins, [ds.captions()[0]] * 2, attrs) == 1.0
+    assert metrics.retrieval_top1(tiny, twins, [ds.captions()[0]] * 2, attrs) == 1.0
     with pytest.raises(ValueError, match="one caption per image"):
-        clip.retrieval_top1(tiny, ds.images(), ds.captions()[:5])
+        metrics.retrieval_top1(tiny, ds.images(), ds.captions()[:5])
 
 
 # ----- checkpoints --------------------------------------------------------------------------------
@@ -203,44 +218,33 @@ def test_save_load_round_trip(tmp_path):
             p.add_(torch.randn_like(p) * 0.02)  # every tensor differs from a fresh init
     meta = {"data": {"n": 100, "seed": 0}, "steps": 3, "final_loss": 1.5, "metrics": {"retrieval_top1": 0.5},
             "command": RETRAIN}
-    path = clip.save_clip(model, meta=meta, directory=tmp_path)
+    path = pretrained.save("shapes-clip", model, schedule_name=None, meta=meta, directory=tmp_path)
     assert path == tmp_path / "shapes-clip.safetensors" and path.stat().st_size <= 9e6
     info = json.loads((tmp_path / "shapes-clip.json").read_text())
     assert info["kind"] == "open_clip" and info["config"]["model_cfg"] == clip.clip_config()
     assert info["steps"] == 3 and info["command"] == RETRAIN and "library_version" in info
-    loaded = clip.load_clip(device="cpu", directory=tmp_path)
-    assert isinstance(loaded, open_clip.CLIP) and not loaded.training and loaded.meta["final_loss"] == 1.5
+    loaded = pretrained.load("shapes-clip", device="cpu", directory=tmp_path)
+    assert isinstance(loaded.model, open_clip.CLIP) and not loaded.model.training
+    assert loaded.schedule is None and loaded.meta["final_loss"] == 1.5
     for key, value in model.state_dict().items():
-        assert loaded.state_dict()[key].dtype == torch.float32
-        torch.testing.assert_close(loaded.state_dict()[key], value, rtol=1e-3, atol=1e-3)  # fp16 storage
-    encoder = clip.load_text_encoder(device="cpu", directory=tmp_path)
+        assert loaded.model.state_dict()[key].dtype == torch.float32
+        torch.testing.assert_close(loaded.model.state_dict()[key], value, rtol=1e-3, atol=1e-3)  # fp16 storage
+    encoder = pretrained.load_text_encoder("shapes-clip", device="cpu", directory=tmp_path)
     assert isinstance(encoder, clip.TextEncoder) and encoder.width == 64
 
 
 def test_missing_and_corrupt_checkpoints_name_the_retrain_command(tmp_path, tiny):
     with pytest.raises(CheckpointNotFoundError, match=RETRAIN):
-        clip.load_clip(directory=tmp_path)
-    clip.save_clip(tiny, meta={}, directory=tmp_path)
+        pretrained.load("shapes-clip", directory=tmp_path)
+    pretrained.save("shapes-clip", tiny, schedule_name=None, directory=tmp_path)
+    pretrained.save("tiny-unet", unet_tiny(), schedule_name="linear", directory=tmp_path)
+    with pytest.raises(CheckpointError, match="'tiny-unet' is a UNet, not a CLIP"):
+        pretrained.load_text_encoder("tiny-unet", device="cpu", directory=tmp_path)
     weights = tmp_path / "shapes-clip.safetensors"
     weights.write_bytes(weights.read_bytes()[:1000])  # truncated
     with pytest.raises(CheckpointError, match=f"corrupted.*{RETRAIN}"):
-        clip.load_clip(device="cpu", directory=tmp_path)
+        pretrained.load("shapes-clip", device="cpu", directory=tmp_path)
     meta_path = tmp_path / "shapes-clip.json"
     meta_path.write_text(json.dumps({**json.loads(meta_path.read_text()), "kind": "unet"}))
-    with pytest.raises(CheckpointError, match=f"not a CLIP checkpoint.*{RETRAIN}"):
-        clip.load_clip(device="cpu", directory=tmp_path)
-
-
-def test_train_recipe_trains_evaluates_and_saves(tmp_path, capsys):
-    path = clip.train_recipe(tmp_path, device="cpu", progress=False, eval_n=16, steps=2, batch_size=8, n_images=64,
-                             log_every=1)
-    assert path == tmp_path / "shapes-clip.safetensors" and "saved" in capsys.readouterr().out
-    model = clip.load_clip(device="cpu", directory=tmp_path)
-    meta = model.meta
-    assert meta["steps"] == 2 and meta["command"] == RETRAIN and meta["train_config"]["batch_size"] == 8
-    assert meta["data"] == {"dataset": "shapes", "size": 32, "n": 64, "seed": 0,
-                            "exclude": [list(pair) for pair in clip.HELD_OUT_PAIRS]}
-    metrics = meta["metrics"]
-    assert set(metrics["zero_shot"]) == set(metrics["zero_shot_ensemble"]) == set(clip.ZERO_SHOT)
-    assert metrics["eval"] == "16 fresh renders, seed 123"
-    assert 0.0 <= metrics["retrieval_top1"] <= metrics["retrieval_top1_same_attributes"] <= 1.0
+    with pytest.raises(CheckpointError, match=f"describes no valid model.*{RETRAIN}"):
+        pretrained.load("shapes-clip", device="cpu", directory=tmp_path)

@@ -1,16 +1,24 @@
-"""course_lib.evaluation: test prompts, scoring, the guidance-scale and step-count sweeps, and the command line.
+"""course_lib.evaluation: test prompts, scoring, the guidance-scale, step-count and KL-weight sweeps, chapter 4's
+pixels-vs-latents table, and the command line.
 
 The sweeps run on throwaway random-weight checkpoints (the `t2i_checkpoints` fixture in conftest.py); scoring uses
 the shipped shapes classifier, which reads fresh renders perfectly, so real renders are an exact oracle.
 """
+import dataclasses
+import json
+
+import numpy as np
 import pytest
 import torch
 
 from course_lib import evaluation
+from course_lib.evaluation import sweeps
 from course_lib.data import HELD_OUT_PAIRS, TEMPLATES, Attributes, ShapesDataset, caption
 from course_lib.evaluation import (Prompt, Sweep, cfg_sweep, fresh_prompts, held_out_prompts, main, make_prompt,
                                    reference_renders, score, steps_sweep)
-from course_lib.generate import generate, load_checkpoint
+from course_lib.generate import generate
+from course_lib.pretrained import load_checkpoint
+from course_lib.recipes import RECIPES
 from course_lib.metrics import PROMPT_KEYS, frechet_distance, graininess, load_classifier, prompt_accuracy, saturation
 from course_lib.samplers import ddim, ddpm, make_timesteps
 
@@ -244,3 +252,70 @@ def test_command_line_turns_bad_input_into_a_usage_error(t2i_checkpoints, capsys
     with pytest.raises(SystemExit) as exit_info:
         main(["cfg", "--scales", "-1", "--checkpoint-dir", str(t2i_checkpoints), "--device", "cpu"])
     assert exit_info.value.code == 2 and "numbers >= 0" in capsys.readouterr().err
+
+
+# ----- the KL-weight sweep (a few steps on a handful of renders) ---------------------------------------------
+@pytest.fixture
+def small_vae_recipe(monkeypatch):
+    """kl_sweep trains the shapes64-vae recipe: make that 16 training and 4 eval renders."""
+    recipe = RECIPES["shapes64-vae"]
+    small = dataclasses.replace(recipe, data=dataclasses.replace(recipe.data, n=16),
+                                task=dataclasses.replace(recipe.task, eval_n=4))
+    monkeypatch.setattr(sweeps, "get_recipe", lambda name: small)
+
+
+def test_kl_sweep_rows(small_vae_recipe):
+    rows = evaluation.kl_sweep((0.0, 1e-2), steps=2, batch_size=2, device="cpu", progress=False)
+    assert [r["kl_weight"] for r in rows] == [0.0, 1e-2]
+    for r in rows:
+        assert {"psnr_db", "compression", "kl_per_image", "latent_std", "psnr_nudged_db", "steps",
+                "batch_size"} <= set(r)
+        assert r["compression"] == 48 and r["latent_std"] > 0 and (r["steps"], r["batch_size"]) == (2, 2)
+        assert np.isfinite(r["psnr_db"]) and np.isfinite(r["psnr_nudged_db"]) and r["kl_per_image"] >= 0
+
+
+def test_kl_sweep_uses_its_kl_weight(small_vae_recipe):
+    """A huge KL weight must squeeze the posterior towards N(0, I): the KL per image drops a lot."""
+    weak, strong = evaluation.kl_sweep((0.0, 1000.0), steps=6, batch_size=4, device="cpu", progress=False)
+    assert strong["kl_per_image"] < 0.5 * weak["kl_per_image"], (weak, strong)  # measured: 41 -> 3.2 nats
+
+
+def test_kl_cli_writes_json(small_vae_recipe, tmp_path, capsys):
+    out = tmp_path / "sweep.json"
+    main(["kl", "--kl-weights", "0.000001", "--steps", "1", "--batch-size", "2", "--device", "cpu", "-o", str(out)])
+    record = json.loads(out.read_text())
+    assert [r["kl_weight"] for r in record["rows"]] == [1e-6]
+    assert record["command"] == "python -m course_lib.evaluation kl --kl-weights 1e-06 --steps 1 --batch-size 2"
+    assert record["device"].startswith("cpu")
+    assert f"wrote {out}" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize("args, message", [
+    (["kl", "--steps", "0"], "--steps and --batch-size must be >= 1"),
+    (["kl", "--batch-size", "0"], "--steps and --batch-size must be >= 1"),
+    (["kl", "--kl-weights", "-1"], "--kl-weights must all be >= 0"),
+    (["kl", "--device", "gpu0"], "device 'gpu0' is not a device"),
+    (["kl", "--steps", "two"], "invalid int value"),
+    (["pixel-vs-latent", "--prompts", "0"], "--prompts, --per-prompt and --steps must be >= 1"),
+    ([], "required"),
+])
+def test_json_writing_commands_reject_bad_arguments_without_writing(tmp_path, capsys, args, message):
+    out = tmp_path / "table.json"
+    with pytest.raises(SystemExit) as exit_info:
+        main([*args, "-o", str(out)] if args else args)
+    assert exit_info.value.code == 2
+    err = capsys.readouterr().err
+    assert message in err and "Traceback" not in err
+    assert not out.exists()
+
+
+def test_pixel_vs_latent_cli_writes_the_table_the_notebook_reads(tmp_path, capsys):
+    out = tmp_path / "pixel_vs_latent.json"
+    main(["pixel-vs-latent", "--prompts", "1", "--per-prompt", "2", "--steps", "1", "-o", str(out)])
+    record = json.loads(out.read_text())
+    shipped = json.loads(evaluation.PIXEL_VS_LATENT_PATH.read_text())
+    assert [r["model"] for r in record["rows"]] == list(evaluation.PIXEL_VS_LATENT_MODELS)
+    assert set(record) == set(shipped) and set(record["rows"][0]) == set(shipped["rows"][0])  # the same schema
+    assert record["command"] == ("python -m course_lib.evaluation pixel-vs-latent --prompts 1 --per-prompt 2 "
+                                 "--guidance-scale 5 --steps 1")
+    assert shipped["command"].startswith("python -m course_lib.evaluation pixel-vs-latent ")

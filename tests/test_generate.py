@@ -13,11 +13,11 @@ import pytest
 import torch
 from PIL import Image
 
-from course_lib import clip, generate as pipeline, pretrained
+from course_lib import pretrained
 from course_lib.generate import Generation, generate, main
 from course_lib.pretrained import CheckpointNotFoundError
 from course_lib.samplers import ddim, make_timesteps
-from course_lib.widgets.display import grid, upscale
+from course_lib.images import grid, upscale
 
 REPO = Path(__file__).resolve().parents[1]
 PROMPT = "a small blue star at the top"
@@ -60,7 +60,7 @@ def test_prompt_and_guidance_scale_change_the_images(run):
 
 def test_guidance_scale_1_is_the_plain_conditional_model(run, t2i_checkpoints):
     p = pretrained.load("shapes32-t2i", device="cpu", directory=t2i_checkpoints)
-    cond, cond_mask = clip.load_text_encoder(device="cpu", directory=t2i_checkpoints)(PROMPT)  # (1, L, D), (1, L)
+    cond, cond_mask = pretrained.load_text_encoder("shapes-clip", device="cpu", directory=t2i_checkpoints)(PROMPT)  # (1, L, D), (1, L)
     x_T = torch.randn((2, 3, 32, 32), generator=torch.Generator().manual_seed(0))
     expected = ddim(lambda x, t: p.model(x, t, cond=cond.expand(2, -1, -1), cond_mask=cond_mask.expand(2, -1)),
                     x_T, p.schedule, make_timesteps(p.schedule, 3))
@@ -75,11 +75,11 @@ def test_empty_prompt_is_unconditional(run):
 
 
 def test_loaded_pretrained_and_cache(run, t2i_checkpoints):
-    first = pipeline.load_checkpoint("shapes32-t2i", device="cpu", directory=t2i_checkpoints)
-    assert pipeline.load_checkpoint("shapes32-t2i", device="cpu", directory=str(t2i_checkpoints)) is first
-    assert pipeline.load_text_encoder(first, directory=t2i_checkpoints) is \
-        pipeline.load_text_encoder(first, directory=t2i_checkpoints)
-    assert pipeline.image_shape(first) == (3, 32, 32)
+    first = pretrained.load_checkpoint("shapes32-t2i", device="cpu", directory=t2i_checkpoints)
+    assert pretrained.load_checkpoint("shapes32-t2i", device="cpu", directory=str(t2i_checkpoints)) is first
+    assert pretrained.load_text_encoder(first, directory=t2i_checkpoints) is \
+        pretrained.load_text_encoder(first, directory=t2i_checkpoints)
+    assert pretrained.image_shape(first) == (3, 32, 32)
     from_object = generate(PROMPT, steps=3, n=2, model=first, directory=t2i_checkpoints)
     assert torch.equal(from_object.images, run().images)
 

@@ -1,5 +1,6 @@
-"""course_lib.models.vae: shapes, the Gaussian posterior (vs closed forms and diffusers), loss, PSNR, scaling
-factor, a short real training run, a checkpoint round trip and input validation."""
+"""The VAE (course_lib.models.vae): shapes, the Gaussian posterior (vs closed forms and diffusers), its loss
+(losses.VAELoss), PSNR, the scaling factor (latent), a short run of the one training loop, a checkpoint round trip
+and input validation."""
 import dataclasses
 import json
 import math
@@ -11,8 +12,16 @@ from safetensors.torch import load_file
 
 from course_lib import models, pretrained
 from course_lib.data import ShapesDataset
-from course_lib.models.vae import (VAE, DiagonalGaussian, VAEConfig, VAETrainConfig, measure_scaling_factor, psnr,
-                                   reconstruct, train_vae, vae_f8, vae_loss)
+from course_lib.latent import measure_scaling_factor, reconstruct
+from course_lib.losses import VAELoss, vae_loss
+from course_lib.metrics import psnr
+from course_lib.models.vae import VAE, DiagonalGaussian, VAEConfig, vae_f8
+from course_lib.training import TrainConfig, train
+
+
+def vae_config(**overrides) -> TrainConfig:
+    """The shapes64-vae recipe's kind of run: AdamW, no EMA, no clipping."""
+    return TrainConfig(**{**dict(ema_decay=None, grad_clip=0.0), **overrides})
 
 
 @pytest.fixture(autouse=True)
@@ -157,10 +166,13 @@ def test_short_training_run_lowers_the_loss():
     images = ShapesDataset(size=64, n=128, seed=0).images()
     vae = tiny_vae()
     before = psnr(reconstruct(vae, images[:32]), images[:32])
-    config = VAETrainConfig(steps=60, batch_size=8, lr=2e-3, warmup=5, lr_schedule="constant", log_every=10)
-    result = train_vae(vae, images, config, device="cpu", progress=False)  # ~10 s on one thread
-    h = result["history"]
-    assert len(h) == len(result["kl"]) == len(result["reconstruction"]) == 60 and result["images_per_s"] > 0
+    config = vae_config(steps=60, batch_size=8, lr=2e-3, warmup=5, lr_schedule="constant", log_every=10)
+    result = train(vae, VAELoss(kl_weight=1e-6), images, config, device="cpu", progress=False)  # ~10 s, 1 thread
+    h = result.history
+    assert len(h) == len(result.components["kl"]) == len(result.components["reconstruction"]) == 60
+    assert result.images_per_s > 0 and result.ema is None
+    for total, rec, kl in zip(h, result.components["reconstruction"], result.components["kl"]):
+        assert total == pytest.approx(rec + 1e-6 * kl, rel=1e-5)  # each logged part belongs to its step
     assert sum(h[-10:]) / 10 < 0.5 * sum(h[:5]) / 5, (h[:5], h[-10:])
     assert not vae.training
     after = psnr(reconstruct(vae, images[:32]), images[:32])
@@ -169,8 +181,8 @@ def test_short_training_run_lowers_the_loss():
 
 def test_training_is_seeded():
     images = ShapesDataset(size=16, n=16, seed=0).images()
-    config = VAETrainConfig(steps=3, batch_size=4, warmup=1, log_every=1)
-    runs = [train_vae(tiny_vae(), images, config, device="cpu", progress=False)["history"] for _ in range(2)]
+    config = vae_config(steps=3, batch_size=4, warmup=1, log_every=1)
+    runs = [train(tiny_vae(), VAELoss(), images, config, device="cpu", progress=False).history for _ in range(2)]
     assert runs[0] == runs[1]
 
 
@@ -212,7 +224,7 @@ def test_bad_inputs_name_the_fix():
     with pytest.raises(ValueError, match=r"latents z must have shape \(B, 4, H, W\).*scaling_factor"):
         vae.decode(torch.zeros(2, 8, 8, 8))  # e.g. the moments, not a sample
     with pytest.raises(ValueError, match="multiples of 8"):
-        train_vae(vae, torch.zeros(4, 3, 20, 20), VAETrainConfig(steps=1), device="cpu", progress=False)
+        train(vae, VAELoss(), torch.zeros(4, 3, 20, 20), vae_config(steps=1), device="cpu", progress=False)
 
 
 def test_bad_configs():
@@ -223,7 +235,7 @@ def test_bad_configs():
     with pytest.raises(ValueError, match="measure_scaling_factor"):
         VAEConfig(scaling_factor=-1.0)
     with pytest.raises(ValueError, match="lr_schedule"):
-        VAETrainConfig(lr_schedule="linear")
+        TrainConfig(lr_schedule="linear")
     with pytest.raises(ValueError, match="kl_weight"):
-        VAETrainConfig(kl_weight=-1.0)
+        VAELoss(kl_weight=-1.0)
     assert VAEConfig(channel_mult=[1, 2, 4, 4]) == VAEConfig()  # JSON lists become tuples again

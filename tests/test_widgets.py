@@ -10,7 +10,8 @@ from PIL import Image
 from course_lib import samplers
 from course_lib.models import unet_tiny
 from course_lib.schedules import NoiseSchedule
-from course_lib.widgets import DenoisingPlayer, NoisingExplorer, grid, png_bytes, to_uint8
+from course_lib.images import grid, png_bytes, to_uint8
+from course_lib.widgets import DenoisingPlayer, NoisingExplorer
 
 SIZE = 16  # small images keep the sampler tests at a fraction of a second
 

@@ -52,7 +52,7 @@ class Attributes:
     background: str = "black"  # one of BACKGROUNDS (for multi-object scenes the first one's is used)
 
     def __post_init__(self):
-        for name, valid in _VOCAB.items():
+        for name, valid in VOCAB.items():
             value = getattr(self, name)
             if not isinstance(value, str) or value not in valid:
                 raise ValueError(f"unknown {name} {value!r}; valid {name}s: {', '.join(valid)}")
@@ -62,8 +62,13 @@ class Attributes:
         return asdict(self)
 
 
-_VOCAB = {"shape": SHAPES, "color": tuple(COLORS), "size": SIZES, "position": POSITIONS,
-          "background": BACKGROUNDS}
+# Every attribute's possible values, in Attributes' field order (the shapes classifier has one head per key).
+VOCAB = {"shape": SHAPES, "color": tuple(COLORS), "size": SIZES, "position": POSITIONS, "background": BACKGROUNDS}
+
+
+def attribute_indices(attrs) -> dict[str, torch.Tensor]:
+    """Class index of each attribute for a list of Attributes: dict key -> LongTensor (B,) indexing VOCAB[key]."""
+    return {key: torch.tensor([values.index(getattr(a, key)) for a in attrs]) for key, values in VOCAB.items()}
 
 
 @dataclass(frozen=True)
@@ -147,11 +152,11 @@ def _as_attributes(obj) -> Attributes:
     if isinstance(obj, Attributes):
         return obj
     if isinstance(obj, Mapping):
-        unknown = set(obj) - set(_VOCAB)
+        unknown = set(obj) - set(VOCAB)
         if unknown:
-            raise ValueError(f"unknown attribute keys {sorted(unknown)}; valid keys: {', '.join(_VOCAB)}")
+            raise ValueError(f"unknown attribute keys {sorted(unknown)}; valid keys: {', '.join(VOCAB)}")
         return Attributes(**obj)
-    raise ValueError(f"expected Attributes, a dict with keys {', '.join(_VOCAB)}, or a list of them; "
+    raise ValueError(f"expected Attributes, a dict with keys {', '.join(VOCAB)}, or a list of them; "
                      f"got {type(obj).__name__}")
 
 
@@ -258,7 +263,7 @@ def _check_rng(rng) -> np.random.Generator:
 def random_attributes(rng: np.random.Generator) -> Attributes:
     """Draw every attribute uniformly, always in the same order (shape, color, size, position, background)."""
     _check_rng(rng)
-    return Attributes(**{name: valid[int(rng.integers(len(valid)))] for name, valid in _VOCAB.items()})
+    return Attributes(**{name: valid[int(rng.integers(len(valid)))] for name, valid in VOCAB.items()})
 
 
 # ---- the dataset ------------------------------------------------------------------------------------

@@ -5,25 +5,18 @@ has the prompt's shape / color / size / position, and uses its penultimate featu
 It must judge *any* image, so it is trained on every attribute combination (held-out pairs included).
 The features are the last map's max over space ("what") next to a thin copy of its 4x4 cells ("where":
 position needs to know where things are). GroupNorm, not BatchNorm, so train and eval mode compute the same
-thing and no prediction depends on the rest of the batch.
+thing and no prediction depends on the rest of the batch. Its loss (with the augmentation that makes clean
+renders look more like samples) is `course_lib.losses.ClassifierLoss`; its accuracy, `metrics.classifier_accuracy`.
 """
 from __future__ import annotations
 
-import time
 from dataclasses import dataclass
 
-import numpy as np
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
-from tqdm.auto import tqdm
 
-import course_lib
-from course_lib.data import BACKGROUNDS, COLORS, POSITIONS, SHAPES, SIZES, Attributes, ShapesDataset
-
-# The classifier's heads, one per attribute, in Attributes' field order; logit i <-> VOCAB[key][i].
-VOCAB = {"shape": SHAPES, "color": tuple(COLORS), "size": SIZES, "position": POSITIONS,
-         "background": BACKGROUNDS}
+from course_lib.data import VOCAB, Attributes  # one head per VOCAB key; logit i <-> VOCAB[key][i]
 
 
 @dataclass
@@ -126,111 +119,3 @@ class ShapesClassifier(nn.Module):
 def shapes_classifier(**overrides) -> ShapesClassifier:
     """The `shapes-classifier` model: ~65k parameters; ~1 ms per 32x32 image on one CPU thread."""
     return ShapesClassifier(ClassifierConfig(**overrides))
-
-
-def attribute_targets(attrs: list[Attributes]) -> dict[str, torch.Tensor]:
-    """Class indices per attribute for a list of Attributes: dict key -> LongTensor (B,)."""
-    return {key: torch.tensor([values.index(getattr(a, key)) for a in attrs]) for key, values in VOCAB.items()}
-
-
-# ---- training ----------------------------------------------------------------------------------------
-
-@dataclass
-class ClassifierTrainConfig:
-    """Hyper-parameters of `train_classifier` (data are rendered fresh from ShapesDataset)."""
-
-    steps: int = 1500  # optimizer steps (every head is at ~100% on fresh renders after ~750)
-    batch_size: int = 64  # images per step, drawn with replacement from the rendered training set
-    lr: float = 3e-3  # peak AdamW learning rate (linear warm-up, then cosine decay to 0)
-    weight_decay: float = 1e-4  # AdamW decoupled weight decay
-    warmup: int = 50  # steps of linear warm-up
-    lr_schedule: str = "cosine"  # after warm-up (course_lib.training.learning_rate)
-    seed: int = 0  # seeds the training data (ShapesDataset seed), batch order and augmentation
-    n_images: int = 20000  # training renders, every attribute combination allowed (no held-out pairs)
-    image_size: int = 32  # render size of the training images
-    noise_std: float = 0.1  # augmentation: add N(0, s^2) noise, s ~ U(0, noise_std) per image (0 = off)
-    blur_prob: float = 0.5  # augmentation: share of images softened by a 3x3 binomial blur (0 = off)
-    eval_images: int = 1000  # fresh renders for the accuracy reported at the end (0 = skip)
-    eval_seed: int = 999  # ShapesDataset seed of those renders (must differ from seed: unseen images)
-    log_every: int = 50  # progress-bar update period, in steps
-
-    def __post_init__(self):
-        if min(self.steps, self.batch_size, self.n_images, self.log_every) < 1 or self.warmup < 0:
-            raise ValueError("steps, batch_size, n_images and log_every must be >= 1 and warmup >= 0")
-        if self.lr <= 0 or self.noise_std < 0 or self.eval_images < 0 or not 0 <= self.blur_prob <= 1:
-            raise ValueError("lr must be > 0; noise_std and eval_images >= 0; blur_prob in [0, 1]")
-        if self.eval_images and self.eval_seed == self.seed:
-            raise ValueError(f"eval_seed must differ from seed ({self.seed}): accuracy is measured on unseen renders")
-
-
-def blur3x3(images: torch.Tensor) -> torch.Tensor:
-    """Soften images (B, C, H, W) with the 3x3 binomial kernel [1 2 1]^T [1 2 1] / 16 (edges replicated)."""
-    k = torch.tensor([1.0, 2.0, 1.0], dtype=images.dtype, device=images.device)
-    kernel = (k[:, None] * k[None, :] / 16).expand(images.shape[1], 1, 3, 3)  # (C, 1, 3, 3): one per channel
-    return F.conv2d(F.pad(images, (1, 1, 1, 1), mode="replicate"), kernel, groups=images.shape[1])
-
-
-def augment(x: torch.Tensor, config: ClassifierTrainConfig, gen: torch.Generator) -> torch.Tensor:
-    """Make clean renders look a bit more like diffusion samples: some blurred, all with a little noise."""
-    if config.blur_prob > 0:
-        soft = torch.rand(len(x), generator=gen) < config.blur_prob  # (B,) which images to blur
-        x = torch.where(soft[:, None, None, None], blur3x3(x), x)
-    if config.noise_std > 0:
-        sigma = torch.rand(len(x), 1, 1, 1, generator=gen) * config.noise_std  # a different level per image
-        x = x + sigma * torch.randn(x.shape, generator=gen)
-    return x
-
-
-def classification_loss(logits: dict[str, torch.Tensor], targets: dict[str, torch.Tensor]) -> torch.Tensor:
-    """Cross-entropy summed over the attribute heads (each head is its own softmax)."""
-    return sum(F.cross_entropy(logits[key], targets[key]) for key in VOCAB)
-
-
-def evaluate(model: ShapesClassifier, images: torch.Tensor, attrs: list[Attributes],
-             batch_size: int = 256) -> dict[str, float]:
-    """Accuracy per attribute plus "all" (every attribute right) on labelled images."""
-    pred = model.predict_indices(images, batch_size)
-    target = attribute_targets(attrs)
-    correct = {key: pred[key] == target[key] for key in VOCAB}  # (B,) bool each
-    acc = {key: c.float().mean().item() for key, c in correct.items()}
-    acc["all"] = torch.stack(list(correct.values())).all(0).float().mean().item()
-    return acc
-
-
-def train_classifier(model: ShapesClassifier, config: ClassifierTrainConfig | None = None, *, device=None,
-                     progress: bool = True) -> dict:
-    """Train on fresh ShapesDataset renders (AdamW, summed cross-entropy); returns history and accuracy."""
-    from course_lib.training import learning_rate  # not at import time: training -> pretrained -> models
-
-    config = config if config is not None else ClassifierTrainConfig()
-    device = torch.device(device) if device is not None else course_lib.device()
-    ds = ShapesDataset(size=config.image_size, n=config.n_images, seed=config.seed)
-    images = ds.images()  # (N, 3, H, W) on the CPU; batches are moved to the device
-    targets = attribute_targets(ds.attributes())
-    model.to(device).train()
-    opt = torch.optim.AdamW(model.parameters(), lr=config.lr, weight_decay=config.weight_decay)
-    gen = torch.Generator().manual_seed(config.seed)
-    history, start = [], time.perf_counter()
-    bar = tqdm(total=config.steps, disable=not progress, desc="classifier")
-    for step in range(config.steps):
-        for group in opt.param_groups:
-            group["lr"] = learning_rate(step, config)
-        idx = torch.randint(len(images), (config.batch_size,), generator=gen)
-        x = augment(images[idx], config, gen)  # (B, 3, H, W)
-        loss = classification_loss(model(x.to(device)), {k: v[idx].to(device) for k, v in targets.items()})
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        opt.step()
-        history.append(loss.item())
-        if (step + 1) % config.log_every == 0 or step + 1 == config.steps:
-            bar.set_postfix(loss=f"{np.mean(history[-config.log_every:]):.4f}")
-            bar.update((step + 1) - bar.n)
-    bar.close()
-    seconds = time.perf_counter() - start
-    model.eval()
-    accuracy = {}
-    if config.eval_images:
-        test = ShapesDataset(size=config.image_size, n=config.eval_images, seed=config.eval_seed)
-        accuracy = evaluate(model, test.images(), test.attributes())
-    return {"history": history, "accuracy": accuracy, "steps": config.steps, "seconds": seconds,
-            "images_per_s": config.steps * config.batch_size / seconds}

@@ -7,7 +7,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from .unet import TimestepEmbedder, broadcast_timesteps
+from .layers import TimestepEmbedder, broadcast_timesteps
 
 
 @dataclass

@@ -4,22 +4,19 @@ A scaled-down cousin of Stable Diffusion's `AutoencoderKL` (diffusers), written 
 layout and names: encoder -> `quant_conv` -> a diagonal Gaussian posterior q(z | x) over a latent image 8x
 smaller in H and W with 4 channels -> `post_quant_conv` -> decoder. Diffusion then runs on z, which is 48x
 smaller than the image (3 * 8 * 8 / 4). As in diffusers, `encode` / `decode` work on *unscaled* latents; a
-latent diffusion model trains on z * `config.scaling_factor` and decodes `vae.decode(z / scaling_factor)`.
+latent diffusion model trains on z * `config.scaling_factor` and decodes `vae.decode(z / scaling_factor)`
+(`course_lib.latent` holds both ends and measures the factor; `course_lib.losses.VAELoss` is the objective).
 """
 from __future__ import annotations
 
 import math
-import time
 from dataclasses import dataclass
 
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
-from tqdm.auto import tqdm
 
-import course_lib
-
-from .unet import Downsample, SelfAttention, Upsample
+from .layers import Downsample, SelfAttention, Upsample
 
 
 @dataclass
@@ -226,132 +223,6 @@ class VAE(nn.Module):
         """(reconstruction, posterior): decode a sample z ~ q(z | x), as during training."""
         posterior = self.encode(x)
         return self.decode(posterior.sample(generator)), posterior
-
-
-#################################################################################
-#                         Loss, metrics, scaling                                #
-#################################################################################
-
-def vae_loss(x: torch.Tensor, recon: torch.Tensor, posterior: DiagonalGaussian,
-             kl_weight: float) -> dict[str, torch.Tensor]:
-    """loss = L1 reconstruction + kl_weight * KL(q(z | x) || N(0, I)), both summed per image, batch mean.
-
-    L1, as in LDM's autoencoder loss (taming-transformers' LPIPSWithDiscriminator, without its LPIPS and GAN
-    terms): MSE is dominated by the few large errors at shape edges and settles for blurry edges; L1 keeps
-    pushing on the many small errors too, so flat colours and edges come out sharper. Summing per image (not
-    a per-pixel mean) keeps kl_weight on the same scale as LDM/SD configs (kl_weight = 1e-6 for SD's VAE).
-    """
-    reconstruction = (recon.float() - x.float()).abs().sum(dim=[1, 2, 3]).mean()
-    kl = posterior.kl().mean()
-    return {"loss": reconstruction + kl_weight * kl, "reconstruction": reconstruction, "kl": kl}
-
-
-def psnr(a: torch.Tensor, b: torch.Tensor) -> float:
-    """Peak signal-to-noise ratio in dB of images in [-1, 1]: 10 log10(2^2 / MSE), MSE over all elements."""
-    if a.shape != b.shape:
-        raise ValueError(f"psnr needs two tensors of the same shape; got {tuple(a.shape)} and {tuple(b.shape)}")
-    mse = F.mse_loss(a.float(), b.float()).item()
-    return math.inf if mse == 0 else 10.0 * math.log10(4.0 / mse)  # peak-to-peak of [-1, 1] is 2
-
-
-def _batches(images: torch.Tensor, batch_size: int, device):
-    for i in range(0, len(images), batch_size):
-        yield images[i:i + batch_size].to(device)
-
-
-@torch.no_grad()
-def reconstruct(vae: VAE, images: torch.Tensor, batch_size: int = 64) -> torch.Tensor:
-    """decode(encode(x).mode()) in eval mode, on the CPU: the deterministic round trip, for looking at."""
-    device = course_lib.device_of(vae)
-    return torch.cat([vae.decode(vae.encode(x).mode()).float().cpu() for x in _batches(images, batch_size, device)])
-
-
-@torch.no_grad()
-def measure_scaling_factor(vae: VAE, images: torch.Tensor, seed: int = 0, batch_size: int = 64) -> float:
-    """1 / std of latent *samples* z ~ q(z | x) over every element; stored in vae.config.scaling_factor.
-
-    This is how LDM's `scale_by_std` found SD's 0.18215: 1 / z.flatten().std() of `posterior.sample()` on a
-    batch of training images. Latents times this factor have unit variance, like the noise diffusion adds.
-    """
-    device = course_lib.device_of(vae)
-    generator = torch.Generator(device=device).manual_seed(seed)
-    z = torch.cat([vae.encode(x).sample(generator).float().cpu() for x in _batches(images, batch_size, device)])
-    vae.config.scaling_factor = 1.0 / z.flatten().std().item()
-    return vae.config.scaling_factor
-
-
-#################################################################################
-#                                Training                                       #
-#################################################################################
-
-@dataclass
-class VAETrainConfig:
-    """Hyper-parameters of `train_vae`."""
-
-    steps: int = 2000  # optimizer steps
-    batch_size: int = 32  # images per step, drawn with replacement
-    lr: float = 1e-3  # peak AdamW learning rate (linear warm-up, then lr_schedule)
-    weight_decay: float = 0.0  # AdamW decoupled weight decay
-    warmup: int = 50  # steps of linear learning-rate warm-up
-    lr_schedule: str = "cosine"  # after warm-up: "constant" or "cosine" (course_lib.training.learning_rate)
-    kl_weight: float = 1e-6  # weight of the KL term; SD's VAE used 1e-6: just enough to keep latents bounded
-    seed: int = 0  # seeds batch order and posterior samples
-    log_every: int = 25  # progress-bar update period, in steps
-
-    def __post_init__(self):
-        if min(self.steps, self.batch_size, self.log_every) < 1 or self.warmup < 0:
-            raise ValueError("steps, batch_size and log_every must be >= 1 and warmup >= 0")
-        if self.lr <= 0 or self.kl_weight < 0:
-            raise ValueError(f"lr must be > 0 and kl_weight >= 0 (got lr={self.lr}, kl_weight={self.kl_weight})")
-        if self.lr_schedule not in ("constant", "cosine"):
-            raise ValueError(f"lr_schedule must be 'constant' or 'cosine', got {self.lr_schedule!r}")
-
-
-def train_vae(vae: VAE, images: torch.Tensor, config: VAETrainConfig, device=None, progress: bool = True) -> dict:
-    """Train on images (N, 3, H, W) in [-1, 1] with AdamW on `vae_loss`; returns histories and throughput.
-
-    bf16 autocast on CUDA only (CPU bf16 convolutions are slower than float32). Returns a dict with "history"
-    (loss per step), "reconstruction" and "kl" (per step), "steps", "seconds" and "images_per_s".
-    """
-    from course_lib.training import learning_rate  # not at import time: training -> pretrained -> models
-
-    device = torch.device(device) if device is not None else course_lib.device()
-    if not isinstance(images, torch.Tensor) or images.ndim != 4 or not len(images):
-        raise ValueError("images must be a non-empty (N, C, H, W) tensor, e.g. ShapesDataset(size=64).images()")
-    vae._check(images, vae.config.in_channels, "images", "e.g. ShapesDataset(size=64, n=...).images()",
-               vae.config.downsample_factor)
-    data = images.to(device)
-    vae.to(device).train()
-    optimizer = torch.optim.AdamW(vae.parameters(), lr=config.lr, weight_decay=config.weight_decay)
-    generator = torch.Generator(device=device).manual_seed(config.seed)
-    history, rec_history, kl_history, pending = [], [], [], []
-    bar = tqdm(total=config.steps, disable=not progress, desc="vae", unit="step", mininterval=1.0)
-    start = time.perf_counter()
-    for step in range(config.steps):
-        for group in optimizer.param_groups:
-            group["lr"] = learning_rate(step, config)
-        idx = torch.randint(0, len(data), (config.batch_size,), generator=generator, device=device)
-        x = data[idx]  # (B, C, H, W)
-        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=device.type == "cuda"):
-            recon, posterior = vae(x, generator=generator)
-        parts = vae_loss(x, recon, posterior, config.kl_weight)
-        optimizer.zero_grad(set_to_none=True)
-        parts["loss"].backward()
-        optimizer.step()
-        pending.append(torch.stack([parts["loss"], parts["reconstruction"], parts["kl"]]).detach())
-        if (step + 1) % config.log_every == 0 or step + 1 == config.steps:
-            loss, rec, kl = torch.stack(pending).cpu().T.tolist()  # one GPU sync per log_every steps
-            history += loss
-            rec_history += rec
-            kl_history += kl
-            pending = []
-            bar.set_postfix(loss=f"{history[-1]:.1f}", kl=f"{kl_history[-1]:.0f}")
-            bar.update(step + 1 - bar.n)
-    bar.close()
-    seconds = time.perf_counter() - start
-    vae.eval()
-    return {"history": history, "reconstruction": rec_history, "kl": kl_history, "steps": config.steps,
-            "seconds": seconds, "images_per_s": config.steps * config.batch_size / seconds}
 
 
 #################################################################################

@@ -4,8 +4,7 @@ NoisingExplorer  scrub t through the forward process q(x_t | x0) of a noise sche
 DenoisingPlayer  watch a sampler denoise live, then scrub its cached trajectory; with a text-to-image checkpoint
                  (`DenoisingPlayer.from_pretrained("shapes32-t2i")`) also a prompt box and a guidance_scale slider.
 """
-from .display import grid, png_bytes, to_uint8
 from .noising import NoisingExplorer
 from .player import DenoisingPlayer
 
-__all__ = ["NoisingExplorer", "DenoisingPlayer", "to_uint8", "grid", "png_bytes"]
+__all__ = ["NoisingExplorer", "DenoisingPlayer"]

@@ -9,8 +9,8 @@ import ipywidgets as widgets
 import numpy as np
 import torch
 
+from ..images import grid, png_bytes, to_uint8
 from ..schedules import SCHEDULES, NoiseSchedule
-from .display import grid, png_bytes, to_uint8
 
 
 def _as_batch(images) -> torch.Tensor:

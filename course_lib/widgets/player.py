@@ -15,10 +15,11 @@ from dataclasses import dataclass, field
 import ipywidgets as widgets
 import torch
 
-from .. import device_of
+from .. import device_of, pretrained
 from ..guidance import GuidedModel
+from ..latent import latent_decoder
 from ..samplers import SAMPLERS, StepRecord, get_sampler, make_timesteps
-from .display import grid, label_rows, png_bytes, to_uint8, upscale
+from ..images import grid, label_rows, png_bytes, to_uint8, upscale
 
 MAX_STEPS = 100  # the steps slider's upper end
 MAX_GUIDANCE_SCALE = 20.0  # the guidance_scale slider's upper end (step 0.5)
@@ -114,17 +115,15 @@ class DenoisingPlayer(widgets.VBox):
         names one (then the prompt box and guidance_scale slider appear), and for a latent model the decoder of the
         VAE its JSON names (each frame shows decoded latents). kwargs go to the constructor, e.g.
         prompt="a red circle", steps=30."""
-        from .. import generate as pipeline  # (imported here: course_lib.generate imports this package's display)
-
-        p = pipeline.load_checkpoint(name_or_pretrained, device=device, directory=directory)
+        p = pretrained.load_checkpoint(name_or_pretrained, device=device, directory=directory)
         if p.schedule is None:
             raise ValueError(f"checkpoint {p.meta.get('name')!r} has no noise schedule, so it is not a denoiser; "
                              f"pick a diffusion checkpoint such as 'shapes32-unet' or 'shapes32-t2i'")
-        channels, image_size, _ = pipeline.sample_shape(p)  # latents for a latent model
+        channels, image_size, _ = pretrained.sample_shape(p)  # latents for a latent model
         defaults = dict(image_size=image_size, channels=channels,
-                        text_encoder=pipeline.load_text_encoder(p, directory=directory))
+                        text_encoder=pretrained.load_text_encoder(p, directory=directory))
         if "decode" not in kwargs:
-            defaults["decode"] = pipeline.load_decoder(p, directory=directory)  # None for pixel models
+            defaults["decode"] = latent_decoder(p, directory=directory)  # None for pixel models
         return cls(p.model, p.schedule, **{**defaults, **kwargs})
 
     # ----- public -------------------------------------------------------------------------

@@ -1,71 +1,25 @@
-"""Quality numbers for generated images, measured instead of eyeballed.
+"""Numbers from the shapes classifier: does a sample show what its prompt asked for, and do samples look like data?
 
-`high_frequency_energy` answers the chapter-2 question "is this sample grainy?": leftover sampling noise is
-white, so it puts power at the highest spatial frequencies, where clean renders (flat colours, smooth edges)
-have little. Comparing a batch's high-frequency power with that of real renders gives a ratio that is ~1 for
-clean samples, >1 for grainy ones and <1 for blurry ones.
-
-The shapes classifier (`course_lib.models.classifier`, checkpoint "shapes-classifier") turns "does the sample
-show what the prompt asked for?" into `prompt_accuracy` / `attribute_accuracy`, and "do samples look like the
-data?" into `frechet_distance` (FID's formula in the classifier's feature space). `saturation` measures what
-too-high guidance scales do to colours.
+The shapes classifier (`course_lib.models.ShapesClassifier`, checkpoint "shapes-classifier") turns the first
+question into `prompt_accuracy` / `attribute_accuracy`, and the second into `frechet_distance` (FID's formula in
+the classifier's feature space). `classifier_accuracy` is how well the classifier itself reads labelled renders.
+`classifier` below is anything with `predict(images) -> list[Attributes]` and `features(images) -> (B, F)`:
+normally the shipped classifier from `load_classifier()`.
 """
 from __future__ import annotations
 
-import dataclasses
 from collections.abc import Mapping
 
 import torch
 
 from course_lib import pretrained
-from course_lib.data import Attributes
-from course_lib.models.classifier import VOCAB, ClassifierTrainConfig, ShapesClassifier, shapes_classifier, \
-    train_classifier
+from course_lib.data import VOCAB, Attributes, attribute_indices
+from course_lib.models import ShapesClassifier
 
-
-def _check_batch(images: torch.Tensor, name: str) -> None:
-    if not isinstance(images, torch.Tensor) or images.ndim != 4:
-        shape = tuple(images.shape) if isinstance(images, torch.Tensor) else type(images).__name__
-        raise ValueError(f"{name} must be a batch of images (B, C, H, W), got {shape}")
-
-
-def high_frequency_energy(images: torch.Tensor, cutoff: float = 0.25) -> torch.Tensor:
-    """Mean power per pixel at spatial frequencies above `cutoff` cycles/pixel (Nyquist is 0.5); shape (B,)."""
-    _check_batch(images, "images")
-    if not 0 < cutoff < 0.5:
-        raise ValueError(f"cutoff must be in (0, 0.5) cycles per pixel, got {cutoff}")
-    x = images.detach().float().cpu().clamp(-1, 1)
-    x = x - x.mean(dim=(-2, -1), keepdim=True)  # the mean colour is not "detail"
-    power = torch.fft.fft2(x).abs().pow(2) / (x.shape[-2] * x.shape[-1])  # (B, C, H, W), Parseval-normalised
-    fy = torch.fft.fftfreq(x.shape[-2])[:, None]  # (H, 1) cycles per pixel
-    fx = torch.fft.fftfreq(x.shape[-1])[None, :]  # (1, W)
-    high = (fy.pow(2) + fx.pow(2)).sqrt() > cutoff  # (H, W) mask of the high band
-    return (power * high).sum(dim=(-3, -2, -1)) / (x.shape[-3] * x.shape[-2] * x.shape[-1])
-
-
-def graininess(samples: torch.Tensor, reference: torch.Tensor, cutoff: float = 0.25) -> float:
-    """High-frequency energy of `samples` relative to `reference` renders: ~1 clean, >1 grainy, <1 blurry.
-
-    Medians, not means: one badly failed sample can hold more high-frequency power than ten good ones, and
-    the question is what a typical sample looks like.
-    """
-    _check_batch(reference, "reference")
-    return float(high_frequency_energy(samples, cutoff).median() / high_frequency_energy(reference, cutoff).median())
-
-
-# ---- metrics built on the shapes classifier -------------------------------------------------------------
-# `classifier` below is anything with `predict(images) -> list[Attributes]` and `features(images) -> (B, F)`:
-# normally a trained `ShapesClassifier` from `load_classifier()`.
+from .pixels import _check_rgb_batch
 
 CLASSIFIER_NAME = "shapes-classifier"  # the shipped checkpoint
 PROMPT_KEYS = ("shape", "color", "size", "position")  # what a prompt asks for (the background is optional)
-CLIP_LEVEL = 0.98  # |pixel| at or beyond this counts as clipped to an end of [-1, 1]
-
-
-def _check_rgb_batch(images, name: str = "images") -> None:
-    _check_batch(images, name)
-    if images.shape[1] != 3 or images.shape[0] < 1:
-        raise ValueError(f"{name} must be a batch of RGB images (B>=1, 3, H, W), got {tuple(images.shape)}")
 
 
 def _check_keys(keys) -> tuple[str, ...]:
@@ -178,50 +132,21 @@ def frechet_distance(images_a: torch.Tensor, images_b: torch.Tensor, classifier)
     return frechet_distance_from_stats(mu_a, s_a, mu_b, s_b)
 
 
-def saturation(images: torch.Tensor) -> dict[str, float]:
-    """How washed-out or oversaturated images are (high guidance scales push colours to the ends of [-1, 1]).
-
-    clipped_fraction: share of pixel values with |x| >= CLIP_LEVEL (0.98). mean_chroma: mean over pixels of
-    max(R, G, B) - min(R, G, B) in [0, 1] units (0 = gray, 1 = a pure primary/secondary colour).
-    """
+def classifier_accuracy(model: ShapesClassifier, images: torch.Tensor, attrs: list[Attributes],
+                        batch_size: int = 256) -> dict[str, float]:
+    """How well a classifier reads labelled images: accuracy per attribute, plus "all" (every attribute right)."""
     _check_rgb_batch(images)
-    x = images.detach().float().cpu()
-    clipped = (x.abs() >= CLIP_LEVEL).float().mean()
-    rgb = (x.clamp(-1, 1) + 1) / 2  # (B, 3, H, W) in [0, 1]
-    chroma = rgb.amax(dim=1) - rgb.amin(dim=1)  # (B, H, W)
-    return {"clipped_fraction": float(clipped), "mean_chroma": float(chroma.mean())}
+    pred = model.predict_indices(images, batch_size)
+    target = attribute_indices(attrs)
+    correct = {key: pred[key] == target[key] for key in VOCAB}  # (B,) bool each
+    acc = {key: c.float().mean().item() for key, c in correct.items()}
+    acc["all"] = torch.stack(list(correct.values())).all(0).float().mean().item()
+    return acc
 
 
-def save_classifier(model, *, name: str = CLASSIFIER_NAME, meta: dict | None = None, directory=None):
-    """Save a ShapesClassifier with `course_lib.pretrained.save` (no noise schedule); returns the weights path."""
-    return pretrained.save(name, model, schedule_name=None, meta=meta, directory=directory)
-
-
-def load_classifier(name: str = CLASSIFIER_NAME, device=None, directory=None):
-    """Load a ShapesClassifier checkpoint (eval mode) with `course_lib.pretrained.load`."""
-    loaded = pretrained.load(name, device=device, directory=directory)
-    if not isinstance(loaded.model, ShapesClassifier):
-        raise ValueError(f"checkpoint {name!r} holds a {type(loaded.model).__name__}, not a ShapesClassifier")
-    return loaded.model
-
-
-def train_classifier_recipe(out=None, *, device=None, command=None, progress=True, **overrides):
-    """Recreate the shipped shapes-classifier (`python -m course_lib.train shapes-classifier`); returns its path.
-
-    overrides: ClassifierTrainConfig fields (None = keep the default), e.g. steps=..., batch_size=...
-    """
-    config = dataclasses.replace(ClassifierTrainConfig(), **{k: v for k, v in overrides.items() if v is not None})
-    torch.manual_seed(config.seed)  # the initial weights
-    model = shapes_classifier()
-    result = train_classifier(model, config, device=device, progress=progress)
-    tail = result["history"][-100:]  # one step's loss is noisy: keep the mean of the last 100
-    meta = {"data": {"dataset": "shapes", "size": config.image_size, "n": config.n_images, "seed": config.seed},
-            "steps": config.steps, "final_loss": sum(tail) / len(tail),
-            "metrics": {"accuracy": {k: round(v, 4) for k, v in result["accuracy"].items()},
-                        "eval": f"{config.eval_images} fresh renders, seed {config.eval_seed}",
-                        "train_images_per_s": round(result["images_per_s"], 1)},
-            "command": command or f"python -m course_lib.train {CLASSIFIER_NAME}",
-            "train_config": dataclasses.asdict(config)}
-    path = save_classifier(model, meta=meta, directory=out)
-    print(f"saved {path} (+ .json); accuracy on fresh renders {meta['metrics']['accuracy']}")
-    return path
+def load_classifier(name: str = CLASSIFIER_NAME, device=None, directory=None) -> ShapesClassifier:
+    """The shipped shapes classifier (eval mode), loaded once per device with `pretrained.load_checkpoint`."""
+    model = pretrained.load_checkpoint(name, device=device, directory=directory).model
+    if not isinstance(model, ShapesClassifier):
+        raise ValueError(f"checkpoint {name!r} holds a {type(model).__name__}, not a ShapesClassifier")
+    return model

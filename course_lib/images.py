@@ -1,6 +1,7 @@
-"""Image-to-PNG helpers for the widgets: tensors in [-1, 1] -> uint8 arrays -> PNG bytes.
+"""Images as people see them: tensors in [-1, 1] -> uint8 arrays -> grids -> PNG bytes.
 
-Pure display code: no diffusion math lives here (or anywhere in `course_lib.widgets`).
+Pure display code, with no diffusion math, at the bottom of the library so that anything that writes a PNG
+(the widgets, `generate`, the training previews) uses the same few functions.
 """
 import io
 

@@ -1,0 +1,120 @@
+"""`python -m course_lib.evaluation {cfg,steps,pixel-vs-latent,kl}`: run a sweep at full size and print its table.
+
+pixel-vs-latent and kl also write the JSON the notebooks read (data/pixel_vs_latent.json, data/vae_kl_sweep.json).
+"""
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+
+import torch
+
+import course_lib
+from course_lib.generate import DEFAULT_MODEL
+from course_lib.pretrained import CHECKPOINT_DIR, CheckpointError, CheckpointNotFoundError
+
+from .prompts import EVAL_SEED, _check_int, fresh_prompts, held_out_prompts
+from .sweeps import CFG_SCALES, UNCONDITIONAL_MODEL, cfg_sweep, kl_sweep, pixel_vs_latent, steps_sweep
+
+PIXEL_VS_LATENT_PATH = CHECKPOINT_DIR.parent / "pixel_vs_latent.json"  # chapter 4's table
+KL_SWEEP_PATH = CHECKPOINT_DIR.parent / "vae_kl_sweep.json"  # chapter 4's KL-weight table
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="python -m course_lib.evaluation",
+                                     description="Run the course's sweeps at full size and print their tables.")
+    sub = parser.add_subparsers(dest="command", required=True)
+    cfg = sub.add_parser("cfg", help="guidance-scale sweep of a text-to-image checkpoint (fresh + held-out prompts)")
+    cfg.add_argument("--scales", type=float, nargs="+", default=list(CFG_SCALES), help="guidance scales")
+    cfg.add_argument("--prompts", type=int, default=8, help="number of fresh prompts (default 8)")
+    cfg.add_argument("--per-prompt", type=int, default=3, help="images per prompt and scale (default 3)")
+    cfg.add_argument("--steps", type=int, default=15, help="sampler steps (default 15)")
+    cfg.add_argument("--sampler", default="ddim", help="ddim or ddpm (default ddim)")
+    cfg.add_argument("--model", default=DEFAULT_MODEL, help=f"checkpoint (default {DEFAULT_MODEL})")
+    cfg.add_argument("--held-out-draws", type=int, default=1,
+                     help="held-out prompt sets (6 prompts each, seeds held-out-seed, +1, ...; default 1)")
+    cfg.add_argument("--held-out-seed", type=int, default=EVAL_SEED, help=f"first held-out seed (default {EVAL_SEED})")
+    cfg.add_argument("--held-out-only", action="store_true", help="skip the fresh (seen-combination) prompts")
+    steps = sub.add_parser("steps", help="step-count sweep of an unconditional checkpoint (DDIM and DDPM)")
+    steps.add_argument("--steps", type=int, nargs="+", default=[5, 10, 20, 50], help="step counts")
+    steps.add_argument("--samplers", nargs="+", default=["ddim", "ddpm"], help="samplers (default ddim ddpm)")
+    steps.add_argument("--n", type=int, default=256, help="images per run (default 256)")
+    steps.add_argument("--model", default=UNCONDITIONAL_MODEL, help=f"checkpoint (default {UNCONDITIONAL_MODEL})")
+    for p in (cfg, steps):
+        p.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
+        p.add_argument("--checkpoint-dir", default=None, help="where the checkpoints are (default data/checkpoints)")
+        p.add_argument("--device", default=None, help="cpu, cuda, mps (default: course_lib.device())")
+    pvl = sub.add_parser("pixel-vs-latent", help="chapter 4's table: shapes64-t2i vs shapes64-latent-t2i (CPU)")
+    pvl.add_argument("--prompts", type=int, default=48, help="fresh prompts (default 48)")
+    pvl.add_argument("--per-prompt", type=int, default=4, help="images per prompt (default 4)")
+    pvl.add_argument("--guidance-scale", type=float, default=5.0, help="CFG scale for both models (default 5)")
+    pvl.add_argument("--steps", type=int, default=20, help="DDIM steps (default 20)")
+    pvl.add_argument("-o", "--output", default=str(PIXEL_VS_LATENT_PATH), help="JSON to write")
+    kl = sub.add_parser("kl", help="train one VAE per KL weight; PSNR / KL / latent std (chapter 4)")
+    kl.add_argument("--kl-weights", type=float, nargs="+", default=[0.0, 1e-6, 1e-4, 1e-2])
+    kl.add_argument("--steps", type=int, default=2000)
+    kl.add_argument("--batch-size", type=int, default=64)
+    kl.add_argument("--device", default=None, help="cpu, cuda, mps (default: course_lib.device())")
+    kl.add_argument("-o", "--output", default=str(KL_SWEEP_PATH), help="JSON to write")
+    return parser
+
+
+def _cfg(args) -> None:
+    settings = dict(steps=args.steps, n_per_prompt=args.per_prompt, seed=args.seed, sampler=args.sampler,
+                    model=args.model, directory=args.checkpoint_dir, device=args.device, progress=True)
+    scales = [int(s) if float(s).is_integer() else s for s in args.scales]
+    _check_int("--held-out-draws", args.held_out_draws, 1)
+    held_out = [p for k in range(args.held_out_draws)
+                for p in held_out_prompts(seed=args.held_out_seed + k)]  # 6 prompts per draw
+    tests = [] if args.held_out_only else [(f"{args.prompts} fresh prompts (seen combinations)",
+                                            fresh_prompts(args.prompts))]
+    for title, prompts in tests + [(f"held-out pairs, {len(held_out)} prompts", held_out)]:
+        print(f"\n{title}, {args.per_prompt} images each, {args.steps} {args.sampler} steps:")
+        print(cfg_sweep(scales, prompts, **settings))
+
+
+def _pixel_vs_latent(args, parser) -> dict:
+    if min(args.prompts, args.per_prompt, args.steps) < 1 or args.guidance_scale < 0:
+        parser.error("--prompts, --per-prompt and --steps must be >= 1, --guidance-scale >= 0")
+    rows = pixel_vs_latent(prompts=fresh_prompts(args.prompts), guidance_scale=args.guidance_scale,
+                           steps=args.steps, n_per_prompt=args.per_prompt)
+    for row in rows:
+        print(row)
+    return {"rows": rows, "threads": torch.get_num_threads(),
+            "settings": {"prompts": args.prompts, "per_prompt": args.per_prompt,
+                         "guidance_scale": args.guidance_scale, "steps": args.steps},
+            "command": f"python -m course_lib.evaluation pixel-vs-latent --prompts {args.prompts} --per-prompt "
+                       f"{args.per_prompt} --guidance-scale {args.guidance_scale:g} --steps {args.steps}"}
+
+
+def _kl(args, parser) -> dict:
+    if args.steps < 1 or args.batch_size < 1:
+        parser.error("--steps and --batch-size must be >= 1")
+    if any(not w >= 0 for w in args.kl_weights):
+        parser.error(f"--kl-weights must all be >= 0 (e.g. 0 1e-6 1e-4 1e-2), got {args.kl_weights}")
+    device = course_lib.device(args.device)
+    rows = kl_sweep(args.kl_weights, args.steps, args.batch_size, device=device)
+    return {"rows": rows, "device": course_lib.device_name(device),
+            "command": "python -m course_lib.evaluation kl --kl-weights "
+                       + " ".join(f"{w:g}" for w in args.kl_weights)
+                       + f" --steps {args.steps} --batch-size {args.batch_size}"}
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = _parser()
+    args = parser.parse_args(argv)
+    try:
+        if args.command == "cfg":
+            _cfg(args)
+        elif args.command == "steps":
+            sweep = steps_sweep(args.steps, args.samplers, n=args.n, seed=args.seed, model=args.model,
+                                directory=args.checkpoint_dir, device=args.device, progress=True)
+            print(f"\n{args.n} images per run, against {args.n} real renders:")
+            print(sweep)
+        else:
+            record = (_pixel_vs_latent if args.command == "pixel-vs-latent" else _kl)(args, parser)
+            Path(args.output).write_text(json.dumps(record, indent=2) + "\n")
+            print(f"wrote {args.output}")
+    except (TypeError, ValueError, CheckpointNotFoundError, CheckpointError) as e:
+        parser.error(str(e))  # one line and exit status 2, not a traceback

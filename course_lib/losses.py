@@ -1,0 +1,184 @@
+"""Objectives: what each of the course's models is trained to minimise, in one file.
+
+An objective is a callable `loss_fn(model, batch, generator) -> loss` that `course_lib.training.train` calls once
+per step (inside its autocast) with the batch its data source drew and the run's seeded generator for every
+random draw (timesteps, noise, dropped captions, augmentation, posterior samples). It returns the scalar loss,
+or a dict holding "loss" and other scalars to log (the VAE's reconstruction and KL terms). It may also define
+`after_step(model)`, which the loop calls after each optimizer step (CLIP clamps its temperature there).
+Everything else (optimizer, learning rate, clipping, EMA, checkpoints, devices) belongs to the loop.
+
+    EpsilonLoss      diffusion, DDPM eq. 14          batch: x0, or (x0, cond tokens (B, L, D), cond mask (B, L))
+    VAELoss          L1 + kl_weight * KL            batch: images (B, 3, H, W)
+    ClassifierLoss   cross-entropy per attribute    batch: (images, class indices (B, 5))
+    ContrastiveLoss  CLIP's symmetric InfoNCE       batch: (images, tokens (B, L))
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+
+import torch
+import torch.nn.functional as F
+
+from course_lib.data import VOCAB
+from course_lib.schedules import NoiseSchedule
+
+
+#################################################################################
+#                    Diffusion: predict the noise (DDPM)                        #
+#################################################################################
+
+def diffusion_loss(model, schedule, x0, *, generator=None, cond=None, cond_mask=None) -> torch.Tensor:
+    """The simplified DDPM loss E_{t, eps} || eps - eps_theta(x_t, t) ||^2 (Ho et al. 2020, eq. 14)."""
+    B, T = x0.shape[0], schedule.num_train_timesteps
+    gen_device = generator.device if generator is not None else x0.device
+    t = torch.randint(0, T, (B,), generator=generator, device=gen_device).to(x0.device)  # t ~ Uniform{0..T-1}
+    eps = torch.randn(x0.shape, generator=generator, device=gen_device, dtype=x0.dtype).to(x0.device)
+    x_t = schedule.add_noise(x0, eps, t)  # sqrt(alpha_bar_t) x0 + sqrt(1 - alpha_bar_t) eps
+    return F.mse_loss(model(x_t, t, cond=cond, cond_mask=cond_mask).float(), eps.float())
+
+
+def drop_captions(cond, cond_mask, prob: float, generator, empty=None):
+    """Replace each caption by the empty one with probability `prob` (Ho & Salimans 2022, Algorithm 1).
+
+    The same network then also learns the unconditional prediction that classifier-free guidance needs.
+    empty: (tokens (L, D), mask (L,)) of the empty prompt ""; None: a dropped caption has every token masked out.
+    """
+    drop = torch.rand(cond.shape[0], generator=generator, device=generator.device).to(cond.device) < prob  # (B,)
+    if empty is None:
+        return cond, cond_mask & ~drop[:, None]  # a fully masked sample gets no cross-attention at all
+    tokens, mask = (e.to(cond.device) for e in empty)
+    return torch.where(drop[:, None, None], tokens, cond), torch.where(drop[:, None], mask, cond_mask)
+
+
+@dataclass
+class EpsilonLoss:
+    """Train an eps-prediction denoiser; text-conditioned models also learn to ignore a dropped caption."""
+
+    schedule: NoiseSchedule  # the forward process q(x_t | x0) the model learns to undo
+    cond_drop_prob: float = 0.0  # probability of replacing a caption by the empty prompt (for CFG); 0 = never
+    empty_cond: tuple | None = field(default=None, repr=False)  # (tokens (L, D), mask (L,)) of ""; see drop_captions
+
+    def __post_init__(self):
+        if not 0.0 <= self.cond_drop_prob < 1.0:
+            raise ValueError(f"cond_drop_prob must be in [0, 1), got {self.cond_drop_prob}")
+
+    def __call__(self, model, batch, generator) -> torch.Tensor:
+        x0, cond, cond_mask = batch if isinstance(batch, (tuple, list)) else (batch, None, None)
+        if not x0.is_floating_point():
+            raise ValueError(f"x0 must be a float tensor (B, ...), e.g. ShapesDataset(...).images(); got {x0.dtype}")
+        if self.cond_drop_prob > 0:
+            if cond is None or cond_mask is None:
+                raise ValueError("cond_drop_prob > 0 needs captions: train on (x0, tokens, mask) from a text encoder")
+            cond, cond_mask = drop_captions(cond, cond_mask, self.cond_drop_prob, generator, self.empty_cond)
+        return diffusion_loss(model, self.schedule, x0, generator=generator, cond=cond, cond_mask=cond_mask)
+
+
+#################################################################################
+#                   The VAE: rebuild the image through a small latent           #
+#################################################################################
+
+def vae_loss(x: torch.Tensor, recon: torch.Tensor, posterior, kl_weight: float) -> dict[str, torch.Tensor]:
+    """loss = L1 reconstruction + kl_weight * KL(q(z | x) || N(0, I)), both summed per image, batch mean.
+
+    L1, as in LDM's autoencoder loss (taming-transformers' LPIPSWithDiscriminator, without its LPIPS and GAN
+    terms): MSE is dominated by the few large errors at shape edges and settles for blurry edges; L1 keeps
+    pushing on the many small errors too, so flat colours and edges come out sharper. Summing per image (not
+    a per-pixel mean) keeps kl_weight on the same scale as LDM/SD configs (kl_weight = 1e-6 for SD's VAE).
+    """
+    reconstruction = (recon.float() - x.float()).abs().sum(dim=[1, 2, 3]).mean()
+    kl = posterior.kl().mean()
+    return {"loss": reconstruction + kl_weight * kl, "reconstruction": reconstruction, "kl": kl}
+
+
+@dataclass
+class VAELoss:
+    """Train a VAE (course_lib.models.VAE): decode a sample z ~ q(z | x), compare with x, pull q towards N(0, I)."""
+
+    kl_weight: float = 1e-6  # weight of the KL term; SD's VAE used 1e-6: just enough to keep latents bounded
+
+    def __post_init__(self):
+        if not self.kl_weight >= 0:
+            raise ValueError(f"kl_weight must be >= 0 (e.g. 1e-6), got {self.kl_weight}")
+
+    def __call__(self, model, images, generator) -> dict[str, torch.Tensor]:
+        recon, posterior = model(images, generator=generator)  # the reparameterised sample uses the generator
+        return vae_loss(images, recon, posterior, self.kl_weight)
+
+
+#################################################################################
+#                 The classifier: name the five attributes                       #
+#################################################################################
+
+def blur3x3(images: torch.Tensor) -> torch.Tensor:
+    """Soften images (B, C, H, W) with the 3x3 binomial kernel [1 2 1]^T [1 2 1] / 16 (edges replicated)."""
+    k = torch.tensor([1.0, 2.0, 1.0], dtype=images.dtype, device=images.device)
+    kernel = (k[:, None] * k[None, :] / 16).expand(images.shape[1], 1, 3, 3)  # (C, 1, 3, 3): one per channel
+    return F.conv2d(F.pad(images, (1, 1, 1, 1), mode="replicate"), kernel, groups=images.shape[1])
+
+
+def augment(x: torch.Tensor, generator, noise_std: float, blur_prob: float) -> torch.Tensor:
+    """Make clean renders look a bit more like diffusion samples: some blurred, all with a little noise."""
+    device = generator.device
+    if blur_prob > 0:
+        soft = torch.rand(len(x), generator=generator, device=device).to(x.device) < blur_prob  # (B,) to blur
+        x = torch.where(soft[:, None, None, None], blur3x3(x), x)
+    if noise_std > 0:
+        sigma = torch.rand(len(x), 1, 1, 1, generator=generator, device=device).to(x.device) * noise_std
+        x = x + sigma * torch.randn(x.shape, generator=generator, device=device).to(x.device)  # a level per image
+    return x
+
+
+def classification_loss(logits: dict[str, torch.Tensor], targets: torch.Tensor) -> torch.Tensor:
+    """Cross-entropy summed over the attribute heads (each head is its own softmax); targets (B, 5) in VOCAB order."""
+    return sum(F.cross_entropy(logits[key], targets[:, i]) for i, key in enumerate(VOCAB))
+
+
+@dataclass
+class ClassifierLoss:
+    """Train the shapes classifier on augmented renders; targets are course_lib.data.attribute_indices stacked."""
+
+    noise_std: float = 0.1  # add N(0, s^2) noise, s ~ U(0, noise_std) per image (0 = off)
+    blur_prob: float = 0.5  # share of images softened by a 3x3 binomial blur (0 = off)
+
+    def __post_init__(self):
+        if self.noise_std < 0 or not 0 <= self.blur_prob <= 1:
+            raise ValueError(f"noise_std must be >= 0 and blur_prob in [0, 1]; got {self.noise_std}, {self.blur_prob}")
+
+    def __call__(self, model, batch, generator) -> torch.Tensor:
+        images, targets = batch
+        return classification_loss(model(augment(images, generator, self.noise_std, self.blur_prob)), targets)
+
+
+#################################################################################
+#                 CLIP: match each image with its own caption                   #
+#################################################################################
+
+@dataclass
+class ContrastiveLoss:
+    """CLIP's symmetric InfoNCE loss (Radford et al. 2021, fig. 3), computed by open_clip's ClipLoss.
+
+        logits = s · norm(img) · norm(txt)^T,   loss = (CE(logits, I) + CE(logits^T, I)) / 2
+
+    Under torchrun each rank contrasts its own slice of the batch (open_clip can also gather features across
+    ranks for more negatives; the course's batches are small enough that it does not).
+    """
+
+    max_logit_scale: float = 100.0  # s may not grow past this (CLIP: the temperature stays >= 1/100)
+    clip_loss: object = field(default=None, init=False, repr=False)  # open_clip.loss.ClipLoss, made on first use
+
+    def __call__(self, model, batch, generator) -> torch.Tensor:
+        if self.clip_loss is None:
+            from open_clip.loss import ClipLoss  # open_clip is slow to import: only CLIP training needs it
+
+            self.clip_loss = ClipLoss()
+        images, tokens = batch
+        if len(images) < 2:
+            raise ValueError("a contrastive loss needs negatives: a batch (per process) of at least 2 pairs")
+        image_features, text_features, logit_scale = model(images, tokens)  # normalised features, s = e^t
+        return self.clip_loss(image_features, text_features, logit_scale)
+
+    def after_step(self, model) -> None:
+        """Clamp the learned log-temperature t to [0, ln max_logit_scale], as CLIP and open_clip do."""
+        with torch.no_grad():
+            model.logit_scale.clamp_(0, math.log(self.max_logit_scale))

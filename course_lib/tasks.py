@@ -1,0 +1,210 @@
+"""What a recipe trains a model to do, in four kinds: the objective, its data, and what the JSON records.
+
+Each task turns a recipe's DataSpec into a batch source and a loss (`prepare`), and once training is done says
+what the checkpoint's JSON keeps (`record`: metrics measured on fresh data, names of the helper checkpoints)
+and what its preview PNG shows (`preview`). The training itself is always course_lib.training.train.
+
+    Denoising       eps-prediction on images, VAE latents or points, maybe text-conditioned   EpsilonLoss
+    Autoencoding    the VAE of latent diffusion                                              VAELoss
+    Classification  the shapes attribute classifier behind course_lib.metrics               ClassifierLoss
+    Contrastive     the CLIP whose text tower conditions the text-to-image models           ContrastiveLoss
+"""
+from __future__ import annotations
+
+import dataclasses
+import io
+from dataclasses import dataclass, field
+
+import numpy as np
+import torch
+
+from course_lib import device_of, pretrained
+from course_lib.batches import CaptionBatches, TensorBatches
+from course_lib.data import DataSpec, ShapesDataset, attribute_indices
+from course_lib.guidance import GuidedModel
+from course_lib.images import grid, png_bytes
+from course_lib.latent import decode_latents, encode_latents, measure_scaling_factor, reconstruct
+from course_lib.losses import ClassifierLoss, ContrastiveLoss, EpsilonLoss, VAELoss
+from course_lib.metrics import classifier_accuracy, psnr, retrieval_top1, zero_shot_accuracy
+from course_lib.samplers import ddim, make_timesteps
+from course_lib.schedules import NoiseSchedule
+
+
+@dataclass
+class Prepared:
+    """What `train` needs from a task (data, loss_fn), and what its record / preview reuse afterwards."""
+
+    data: object  # a course_lib.batches source
+    loss_fn: object  # a course_lib.losses objective
+    context: dict = field(default_factory=dict)  # e.g. the schedule, the text encoder, the training tensor
+
+
+def _grid_png(images: torch.Tensor, nrow: int, scale: int) -> bytes:
+    return png_bytes(grid(images, nrow=nrow), scale=scale)
+
+
+@torch.no_grad()
+def encode_captions(encoder, captions: list[str], batch_size: int = 1024) -> tuple[torch.Tensor, torch.Tensor]:
+    """Token embeddings (N, L, D) and masks (N, L) of every caption, computed once before training."""
+    parts = [encoder(captions[i:i + batch_size]) for i in range(0, len(captions), batch_size)]
+    return torch.cat([p[0] for p in parts]), torch.cat([p[1] for p in parts])
+
+
+#################################################################################
+#                      Denoising: the diffusion models                          #
+#################################################################################
+
+@dataclass
+class Denoising:
+    """eps-prediction (Ho et al. 2020) on the DataSpec's images or points, or on a VAE's latents of the images."""
+
+    schedule: str = "linear"  # NoiseSchedule.from_name name: "linear", "cosine", "scaled_linear"
+    num_train_timesteps: int = 1000  # T of the noise schedule
+    cond_drop_prob: float = 0.0  # caption dropout for classifier-free guidance (text-conditioned models)
+    text_encoder: str | None = None  # CLIP checkpoint whose frozen token embeddings condition the model
+    vae: str | None = None  # latent diffusion: train on this VAE checkpoint's scaled latents of the images
+    sample_steps: int = 50  # DDIM steps of the preview written next to the checkpoint
+    guidance_scale: float = 5.0  # classifier-free guidance scale of the preview (text-conditioned models)
+
+    def prepare(self, data: DataSpec, device) -> Prepared:
+        schedule = NoiseSchedule.from_name(self.schedule, self.num_train_timesteps)
+        x0 = data.load()  # (N, 3, H, W) images or (N, 2) points
+        if self.vae is not None:  # latent diffusion: the denoiser only ever sees scaled latents
+            x0 = encode_latents(pretrained.load_vae(self.vae, device=device), x0)  # (N, 4, H/8, W/8)
+        context = {"schedule": schedule, "x0": x0}
+        if self.text_encoder is None:
+            return Prepared(TensorBatches(x0), EpsilonLoss(schedule, self.cond_drop_prob), context)
+        encoder = pretrained.load_text_encoder(self.text_encoder, device=device)
+        tokens, mask = encode_captions(encoder, data.shapes().captions())  # (N, L, D), (N, L): once
+        empty_tokens, empty_mask = encoder("")  # a dropped caption becomes the empty prompt: the unconditional input
+        loss_fn = EpsilonLoss(schedule, self.cond_drop_prob, (empty_tokens[0], empty_mask[0]))
+        return Prepared(TensorBatches(x0, tokens, mask), loss_fn, {**context, "encoder": encoder})
+
+    def record(self, model, data: DataSpec, prepared: Prepared) -> dict:
+        return {"text_encoder": self.text_encoder, "vae": self.vae}
+
+    @torch.no_grad()
+    def preview(self, model, data: DataSpec, prepared: Prepared, n: int = 16, seed: int = 0) -> bytes:
+        """n DDIM samples (trailing steps; with CFG on fresh captions, seed 1, for a text model) as a PNG."""
+        if data.dataset != "shapes":
+            return _scatter_png(self._sample(model, data, prepared, 2000, seed), prepared.context["x0"])
+        samples = self._sample(model, data, prepared, n, seed)
+        if self.vae is not None:
+            samples = decode_latents(pretrained.load_vae(self.vae, device=device_of(model)), samples)
+        return _grid_png(samples, nrow=int(np.ceil(np.sqrt(n))), scale=4)
+
+    def _sample(self, model, data: DataSpec, prepared: Prepared, n: int, seed: int) -> torch.Tensor:
+        cfg, schedule = model.config, prepared.context["schedule"]
+        shape = (n, cfg.in_channels, cfg.image_size, cfg.image_size) if data.dataset == "shapes" else (n, cfg.dim)
+        generator = torch.Generator().manual_seed(seed)
+        x = torch.randn(shape, generator=generator).to(device_of(model))
+        eps_model = model.eval()
+        if self.text_encoder is not None:
+            encoder = prepared.context["encoder"]
+            prompts = dataclasses.replace(data, n=n, seed=1, hold_out=False).shapes().captions()
+            eps_model = GuidedModel(model, *encoder(prompts), *encoder(""), self.guidance_scale)
+        timesteps = make_timesteps(schedule, self.sample_steps)
+        return ddim(eps_model, x, schedule, timesteps, generator=generator).float().cpu()
+
+
+def _scatter_png(samples: torch.Tensor, reference: torch.Tensor) -> bytes:
+    """2-D samples as a scatter plot over the data (grey)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(4, 4), dpi=100)
+    ax.scatter(*reference[:2000].cpu().T.numpy(), s=2, c="0.75", label="data")
+    ax.scatter(*samples.T.numpy(), s=2, c="C0", label="samples")
+    ax.set_aspect("equal")
+    ax.legend(loc="upper right", markerscale=4)
+    fig.tight_layout()
+    buffer = io.BytesIO()
+    fig.savefig(buffer, format="png")
+    plt.close(fig)
+    return buffer.getvalue()
+
+
+#################################################################################
+#            The helper models: VAE, attribute classifier, CLIP                 #
+#################################################################################
+
+@dataclass
+class Autoencoding:
+    """A VAE (Rombach et al. 2022): L1 reconstruction + a faint KL; then its scaling factor and PSNR are measured."""
+
+    kl_weight: float = 1e-6  # SD's VAE used 1e-6: just enough to keep latents bounded
+    eval_n: int = 512  # fresh renders (seed eval_seed) for the PSNR in the JSON
+    eval_seed: int = 999
+
+    def prepare(self, data: DataSpec, device) -> Prepared:
+        images = data.load()  # (N, 3, H, W)
+        return Prepared(TensorBatches(images), VAELoss(self.kl_weight), {"images": images})
+
+    def record(self, model, data: DataSpec, prepared: Prepared) -> dict:
+        """Sets model.config.scaling_factor (measured on 2048 training images), then PSNR on fresh renders."""
+        measure_scaling_factor(model, prepared.context["images"][:2048])
+        images = ShapesDataset(size=data.size, n=self.eval_n, seed=self.eval_seed).images()
+        z = model.encode(images[:1].to(device_of(model))).mode()
+        return {"metrics": {"psnr_db": round(psnr(reconstruct(model, images), images), 2),
+                            "compression": images[0].numel() / z[0].numel(),  # 64*64*3 / (8*8*4) = 48
+                            "eval": f"{self.eval_n} fresh renders, seed {self.eval_seed}",
+                            "scaling_factor": round(model.config.scaling_factor, 5)}}
+
+    def preview(self, model, data: DataSpec, prepared: Prepared) -> bytes:
+        """Two rows: 8 fresh renders, and their reconstructions."""
+        images = ShapesDataset(size=data.size, n=8, seed=self.eval_seed).images()
+        return _grid_png(torch.cat([images, reconstruct(model, images)]), nrow=8, scale=2)
+
+
+@dataclass
+class Classification:
+    """The shapes classifier: one cross-entropy per attribute on augmented renders; accuracy on fresh ones."""
+
+    noise_std: float = 0.1  # augmentation: N(0, s^2) noise, s ~ U(0, noise_std) per image (0 = off)
+    blur_prob: float = 0.5  # augmentation: share of images softened by a 3x3 binomial blur (0 = off)
+    eval_n: int = 1000  # fresh renders (seed eval_seed) for the accuracy in the JSON
+    eval_seed: int = 999
+
+    def prepare(self, data: DataSpec, device) -> Prepared:
+        ds = data.shapes()
+        targets = torch.stack(list(attribute_indices(ds.attributes()).values()), dim=1)  # (N, 5), VOCAB order
+        return Prepared(TensorBatches(ds.images(), targets), ClassifierLoss(self.noise_std, self.blur_prob))
+
+    def record(self, model, data: DataSpec, prepared: Prepared) -> dict:
+        test = ShapesDataset(size=data.size, n=self.eval_n, seed=self.eval_seed)
+        accuracy = classifier_accuracy(model, test.images(), test.attributes())
+        return {"metrics": {"accuracy": {k: round(v, 4) for k, v in accuracy.items()},
+                            "eval": f"{self.eval_n} fresh renders, seed {self.eval_seed}"}}
+
+    def preview(self, model, data: DataSpec, prepared: Prepared) -> None:
+        return None
+
+
+@dataclass
+class Contrastive:
+    """A CLIP (Radford et al. 2021): match each image with its caption; zero-shot and retrieval on fresh renders."""
+
+    eval_n: int = 512  # fresh renders (seed eval_seed) for the metrics in the JSON
+    eval_seed: int = 123
+
+    def prepare(self, data: DataSpec, device) -> Prepared:
+        return Prepared(CaptionBatches(data.shapes()), ContrastiveLoss())
+
+    def record(self, model, data: DataSpec, prepared: Prepared) -> dict:
+        test = ShapesDataset(size=data.size, n=self.eval_n, seed=self.eval_seed)
+        images, captions = test.images(), test.captions()
+        rounded = lambda accuracy: {k: round(v, 4) for k, v in accuracy.items()}  # noqa: E731
+        return {"metrics": {
+            "eval": f"{self.eval_n} fresh renders, seed {self.eval_seed}",
+            "zero_shot": rounded(zero_shot_accuracy(model, test)),
+            "zero_shot_ensemble": rounded(zero_shot_accuracy(model, test, ensemble=True)),
+            "retrieval_top1": retrieval_top1(model, images, captions),
+            "retrieval_top1_same_attributes": retrieval_top1(model, images, captions, test.attributes())}}
+
+    def preview(self, model, data: DataSpec, prepared: Prepared) -> None:
+        return None
+
+
+TASKS = (Denoising, Autoencoding, Classification, Contrastive)
