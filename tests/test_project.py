@@ -76,3 +76,40 @@ def test_shipped_data_fits_the_budget_and_every_checkpoint_loads_and_is_document
         pretrained.load(name, device="cpu")  # one loader for every kind, the CLIP included
         assert meta["command"].startswith("python -m course_lib.train "), name
         assert f"`{name}`" in readme, f"README's checkpoint table lacks {name}"
+
+
+def test_shipped_loss_curves_say_truthfully_what_each_entry_is():
+    """A curve of means over `every` steps has ceil(steps / every) entries (the VAE's once held one per step)."""
+    from course_lib import pretrained
+
+    curves = 0
+    for path in sorted(pretrained.CHECKPOINT_DIR.glob("*.json")):
+        meta = json.loads(path.read_text())
+        curve = meta.get("loss_curve")
+        assert "history" not in meta, f"{path.name}: an unlabelled history"
+        if curve is None:
+            continue
+        curves += 1
+        expected = -(-meta["steps"] // curve["every"])
+        for name in set(curve) - {"every", "note"}:
+            assert len(curve[name]) == expected, (path.name, name, len(curve[name]), expected)
+        tail_windows = curve["loss"][-(100 // curve["every"]):]  # final_loss is the mean of the last 100 steps
+        assert meta["final_loss"] == pytest.approx(sum(tail_windows) / len(tail_windows), rel=1e-6), path.name
+    assert curves >= 1
+
+
+def test_every_shipped_json_names_a_command_that_exists():
+    """The command in each JSON of data/ parses with today's command line: the file can be regenerated."""
+    import shlex
+
+    from course_lib.evaluation.cli import _parser
+    from course_lib.recipes import RECIPES
+
+    for path in sorted((ROOT / "data").rglob("*.json")):
+        words = shlex.split(json.loads(path.read_text())["command"])
+        assert words[:2] == ["python", "-m"], path.name
+        if words[2] == "course_lib.train":
+            assert words[3] in RECIPES, path.name
+        else:
+            assert words[2] == "course_lib.evaluation", path.name
+            _parser().parse_args(words[3:])  # SystemExit if an option no longer exists
