@@ -159,9 +159,10 @@ def _load_cached(name: str, directory: Path | None, device: torch.device, stamp:
 
 
 def _stamp(name: str, directory: Path | None) -> tuple:
-    """When the checkpoint's two files last changed: a retrained checkpoint gets a new cache entry."""
+    """Which version of the checkpoint's two files is on disk: `save` replaces each file by a new one (a new inode,
+    a new modification time), so a retrained checkpoint gets a new cache entry."""
     try:
-        return tuple(p.stat().st_mtime_ns for p in _paths(name, directory))
+        return tuple((p.stat().st_ino, p.stat().st_mtime_ns) for p in _paths(name, directory))
     except OSError:
         return ()  # missing: `load` raises the error that names the retrain command
 

@@ -115,18 +115,19 @@ def run(recipe: Recipe, *, out=None, steps=None, batch_size=None, device=None, c
     device = torch.device(device) if device is not None else course_lib.device()
     if device.type == "cuda":
         torch.backends.cudnn.benchmark = True  # fixed input shapes: let cuDNN pick the fastest conv kernels
+    lead = distributed.rank() == 0  # under torchrun, rank 0 alone prints and writes
     torch.manual_seed(config.seed)  # the model's initial weights (the same on every rank)
     model = recipe.build_model()
     if recipe.init_from is not None:
         added = init_from_checkpoint(model, recipe.init_from)
-        print(f"initialised from {recipe.init_from}; {len(added)} new tensors keep their fresh init")
+        if lead:
+            print(f"initialised from {recipe.init_from}; {len(added)} new tensors keep their fresh init")
     prepared = recipe.task.prepare(recipe.data, device)
     if time_budget is not None:
         fit = fitting_steps(model, prepared.loss_fn, prepared.data, config, time_budget, device=device)
         config = dataclasses.replace(config, steps=min(fit, steps) if steps is not None else fit)
         command = _command_with_steps(command, config.steps)
     state_path = out / f"{recipe.name}.train.safetensors"  # resumable training state, removed on success
-    lead = distributed.rank() == 0
     if lead:
         print(f"training {recipe.name}: {sum(p.numel() for p in model.parameters()) / 1e6:.2f}M parameters, "
               f"{config.steps} steps x {config.batch_size} on {distributed.world_size()} x "

@@ -112,7 +112,7 @@ def update_ema(ema: nn.Module, model: nn.Module, decay: float) -> None:
         b_ema.copy_(b)
 
 
-def make_optimizer(model: nn.Module, config: TrainConfig, device: torch.device) -> torch.optim.AdamW:
+def make_optimizer(model: nn.Module, config: TrainConfig) -> torch.optim.AdamW:
     """AdamW with weight decay on >= 2-D tensors only; fused (one kernel for every tensor) where available."""
     params = [p for p in model.parameters() if p.requires_grad]
     groups = [{"params": [p for p in params if p.ndim >= 2], "weight_decay": config.weight_decay},
@@ -148,7 +148,7 @@ def train(model: nn.Module, loss_fn, data, config: TrainConfig, *, ckpt_path=Non
     # The objective calls `net`: under torchrun the DDP wrapper, whose backward averages gradients over ranks.
     net = DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None) \
         if world > 1 else model
-    optimizer = make_optimizer(model, config, device)
+    optimizer = make_optimizer(model, config)
     # One generator draws the batches and the objective's randomness. Under torchrun the batches come from a
     # second generator with the same seed on every rank (so all ranks agree on the global batch), and each rank
     # seeds its own stream for the objective's draws, so no two ranks draw the same noise.

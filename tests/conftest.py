@@ -100,6 +100,51 @@ def one_torch_thread():
     torch.set_num_threads(previous)
 
 
+# ----- data/ is read-only for the tests ------------------------------------------------------------
+# The shipped checkpoints and tables are what the course stands on: a test that writes there (a regressed error
+# check that goes on to train "for real", a default --out) would silently replace them. An audit hook (PEP 578)
+# sees every open-for-writing, rename, removal and mkdir this process makes and refuses those under data/.
+DATA_DIR = os.path.realpath(REPO / "data") + os.sep
+_WRITE_FLAGS = os.O_WRONLY | os.O_RDWR | os.O_CREAT | os.O_APPEND | os.O_TRUNC
+_data_guard = {"on": False}
+
+
+def _writes_into_data(event: str, args: tuple) -> bool:
+    if event == "open":
+        path, mode, flags = args
+        writing = any(c in mode for c in "wax+") if isinstance(mode, str) else bool((flags or 0) & _WRITE_FLAGS)
+        paths = [path] if writing else []
+    elif event == "os.rename":  # (src, dst): moving a file out of data/ is as bad as moving one in
+        paths = list(args[:2])
+    elif event in ("os.symlink", "os.link"):  # (target, new link): only the new link is written
+        paths = [args[1]]
+    elif event in ("os.remove", "os.rmdir", "os.mkdir", "os.truncate"):
+        paths = [args[0]]
+    else:
+        return False
+    return any(isinstance(p, (str, os.PathLike)) and os.path.abspath(p).startswith(DATA_DIR) for p in paths)
+
+
+class DataIsReadOnly(RuntimeError):
+    """Not an OSError on purpose: `Path.mkdir(exist_ok=True)` and friends swallow OSErrors."""
+
+
+def _audit(event: str, args: tuple) -> None:
+    if _data_guard["on"] and _writes_into_data(event, args):
+        raise DataIsReadOnly(f"a test tried to write into data/ ({event} {args[0]!r}); write into tmp_path instead")
+
+
+sys.addaudithook(_audit)
+
+
+@pytest.fixture(scope="session", autouse=True)
+def data_is_read_only():
+    """Every test of the session runs with data/ read-only (see _audit)."""
+    _data_guard["on"] = True
+    yield
+    _data_guard["on"] = False
+
+
 @pytest.fixture(scope="session")
 def t2i_checkpoints(tmp_path_factory) -> Path:
     """A directory holding throwaway shapes-clip, shapes32-t2i and shapes32-unet checkpoints (see above)."""

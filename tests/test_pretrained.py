@@ -156,3 +156,17 @@ def test_init_from_checkpoint_copies_every_weight_and_leaves_added_layers_at_zer
                                    directory=tmp_path).model(x, t), rtol=1e-5, atol=1e-5)
     with pytest.raises(ValueError, match="does not fit this model"):
         init_from_checkpoint(unet_tiny(base_channels=8), "base")
+
+
+def test_load_checkpoint_is_cached_until_the_checkpoint_is_retrained(tmp_path):
+    torch.manual_seed(0)
+    save("tiny", unet_tiny(), schedule_name="linear", directory=tmp_path)
+    first = pretrained.load_checkpoint("tiny", device="cpu", directory=tmp_path)
+    assert pretrained.load_checkpoint("tiny", device="cpu", directory=str(tmp_path)) is first  # loaded once
+    torch.manual_seed(1)
+    retrained = unet_tiny()
+    save("tiny", retrained, schedule_name="linear", directory=tmp_path)  # e.g. train.run in the same kernel
+    second = pretrained.load_checkpoint("tiny", device="cpu", directory=tmp_path)
+    assert second is not first
+    for key, value in retrained.state_dict().items():
+        torch.testing.assert_close(second.model.state_dict()[key], value.half().float())

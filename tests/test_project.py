@@ -113,3 +113,23 @@ def test_every_shipped_json_names_a_command_that_exists():
         else:
             assert words[2] == "course_lib.evaluation", path.name
             _parser().parse_args(words[3:])  # SystemExit if an option no longer exists
+
+
+def test_no_test_can_write_into_data(tmp_path):
+    """The session-wide guard (conftest.py) refuses writes, renames, removals and new folders under data/."""
+    from course_lib import pretrained
+    from course_lib.models import unet_tiny
+
+    data = ROOT / "data"
+    with pytest.raises(RuntimeError, match="write into data/"):
+        (data / "stray.txt").write_text("x")
+    with pytest.raises(RuntimeError, match="write into data/"):
+        pretrained.save("stray", unet_tiny(), schedule_name="linear")  # the default directory is data/checkpoints
+    with pytest.raises(RuntimeError, match="write into data/"):
+        (data / "checkpoints" / "shapes32-unet.json").unlink()
+    (tmp_path / "x.json").write_text("{}")
+    with pytest.raises(RuntimeError, match="write into data/"):
+        (tmp_path / "x.json").replace(data / "x.json")  # the atomic rename every checkpoint writer ends with
+    assert not any(p.name.startswith(("stray", "x.json")) for p in data.rglob("*"))
+    assert (data / "checkpoints" / "shapes32-unet.json").read_text()  # reading is fine
+    (tmp_path / "fine.txt").write_text("fine")  # and so is writing anywhere else
