@@ -98,6 +98,14 @@ def save(name: str, model: nn.Module, *, kind: str | None = None, config=None, s
     return weights_path
 
 
+def annotate(name: str, fields: dict, directory=None) -> Path:
+    """Add (or replace) top-level fields of checkpoint `name`'s JSON, e.g. a measurement made after saving."""
+    _, json_path = _paths(name, directory)
+    meta = json.loads(json_path.read_text())
+    _write_atomic(json_path, lambda tmp: tmp.write_text(json.dumps({**meta, **fields}, indent=2) + "\n"))
+    return json_path
+
+
 def load(name: str, device=None, directory=None) -> Pretrained:
     """Rebuild the model from `<name>.json`, load the fp16 weights as float32, move to device, eval mode."""
     weights_path, json_path = _paths(name, directory)

@@ -1,8 +1,10 @@
 """Training recipes: everything needed to recreate a shipped checkpoint with `python -m course_lib.train <name>`.
 
 Every recipe has the same shape: a model factory (a preset in course_lib.models.FACTORIES), its data (a DataSpec,
-drawn procedurally), its task (the objective, and what the JSON records: course_lib.tasks) and its TrainConfig.
-`course_lib.train.run` runs every one of them through the same code path and the same loop.
+drawn procedurally), its task (the objective, and what the JSON records: course_lib.tasks), its TrainConfig and
+the quality floor the checkpoint must keep meeting (course_lib.floors; each limit's comment gives what the shipped
+checkpoint and a noise-weight copy of it measure). `course_lib.train.run` runs every one of them through the same
+code path and the same loop.
 """
 from __future__ import annotations
 
@@ -12,6 +14,7 @@ import torch
 
 from course_lib import models
 from course_lib.data import DataSpec
+from course_lib.floors import Floor
 from course_lib.tasks import Autoencoding, Classification, Contrastive, Denoising
 from course_lib.training import TrainConfig
 
@@ -28,6 +31,7 @@ class Recipe:
     description: str = ""  # one line for humans
     model_kwargs: dict = field(default_factory=dict)  # overrides passed to the model factory
     init_from: str | None = None  # start from this checkpoint's weights (layers it lacks keep their fresh init)
+    floor: Floor | None = None  # what the checkpoint must still do; measured after training, and by the tests
 
     def build_model(self) -> torch.nn.Module:
         """A freshly initialised model of this recipe's preset."""
@@ -54,6 +58,7 @@ RECIPES: dict[str, Recipe] = {
             # GPU-sized: 8000 x 256 = 2M images (~100 epochs); about 10 minutes on one modern GPU.
             train=_diffusion_config(steps=8000, batch_size=256, warmup=500),
             description="unconditional 32x32 shapes U-Net (DDPM linear schedule, T=1000)",
+            floor=Floor("frechet_distance", 300.0, dict(n=64, steps=10, seed=7)),  # shipped 183, noise 803
         ),
         Recipe(
             name="shapes32-t2i",
@@ -69,6 +74,8 @@ RECIPES: dict[str, Recipe] = {
             train=_diffusion_config(steps=8000, batch_size=256, warmup=200),
             init_from="shapes32-unet",
             description="text-to-image 32x32 shapes U-Net, cross-attending to shapes-clip tokens (held-out pairs unseen)",
+            # floor: shipped 0.94, noise weights 0
+            floor=Floor("prompt_accuracy", 0.6, dict(prompts=8, per_prompt=2, steps=10, guidance_scale=3, seed=7)),
         ),
         Recipe(
             name="shapes64-t2i",
@@ -83,6 +90,8 @@ RECIPES: dict[str, Recipe] = {
             train=_diffusion_config(steps=6000, batch_size=128, warmup=200),
             init_from="shapes32-unet",
             description="text-to-image 64x64 shapes U-Net in pixel space (the baseline of chapter 4)",
+            # floor: it misses placement (chapter 4), so the colour: shipped 1.0, noise weights 0
+            floor=Floor("color_accuracy", 0.75, dict(prompts=4, per_prompt=1, steps=10, guidance_scale=5, seed=7)),
         ),
         Recipe(
             name="shapes64-latent-t2i",
@@ -94,6 +103,8 @@ RECIPES: dict[str, Recipe] = {
             # GPU-sized: a from-scratch U-Net on 8x8x4 latents (the images go through shapes64-vae once).
             train=_diffusion_config(steps=12000, batch_size=256, warmup=500),
             description="text-to-image latent diffusion: 8x8x4 latents of shapes64-vae, decoded to 64x64",
+            # floor: shipped 0.69 (0.94 and 0.91 with seeds 8 and 9: 16 images are a small sample), noise weights 0
+            floor=Floor("prompt_accuracy", 0.45, dict(prompts=8, per_prompt=2, steps=20, guidance_scale=5, seed=7)),
         ),
         Recipe(
             name="toy2d-mlp",
@@ -114,6 +125,7 @@ RECIPES: dict[str, Recipe] = {
             train=TrainConfig(steps=3000, batch_size=64, lr=1e-3, warmup=100, lr_schedule="cosine", ema_decay=None,
                               grad_clip=0.0, seed=0, ckpt_every=500, log_every=50),
             description="KL autoencoder (f=8, 4 channels) for latent diffusion on 64x64 shapes",
+            floor=Floor("psnr_db", 28.0, dict(n=64, size=64, seed=7)),  # shipped 34.4 dB, noise weights 7.4
         ),
         Recipe(
             name="shapes-classifier",
@@ -126,6 +138,7 @@ RECIPES: dict[str, Recipe] = {
                               lr_schedule="cosine", ema_decay=None, grad_clip=0.0, seed=0, ckpt_every=500,
                               log_every=50),
             description="attribute classifier (shape, color, size, position, background) behind course_lib.metrics",
+            floor=Floor("accuracy", 0.95, dict(n=256, size=32, seed=7)),  # shipped 1.0, noise weights 0.004
         ),
         Recipe(
             name="shapes-clip",
@@ -138,6 +151,7 @@ RECIPES: dict[str, Recipe] = {
                               warmup=200, lr_schedule="cosine", ema_decay=None, grad_clip=0.0, seed=0,
                               ckpt_every=500, log_every=50),
             description="tiny CLIP (open_clip ViT + text transformer) trained contrastively on captioned shapes",
+            floor=Floor("zero_shot", 0.75, dict(n=256, size=32, seed=7)),  # shipped 0.90; noise and chance 0.30
         ),
     ]
 }

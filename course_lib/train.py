@@ -21,7 +21,7 @@ from pathlib import Path
 import torch
 
 import course_lib
-from course_lib import distributed, pretrained
+from course_lib import distributed, floors, pretrained
 from course_lib.recipes import RECIPES, Recipe, get_recipe
 from course_lib.training import TrainConfig, TrainResult, train
 
@@ -148,6 +148,11 @@ def run(recipe: Recipe, *, out=None, steps=None, batch_size=None, device=None, c
     state_path.unlink(missing_ok=True)
     print(f"saved {weights} (+ .json{', .png' if preview else ''}); final loss {meta['final_loss']:.4f}; "
           f"{result.images_per_s:.0f} images/s on {meta['metrics']['device']}; metrics {fields.get('metrics', {})}")
+    if recipe.floor is not None:  # measured on the checkpoint as users load it (fp16 weights from disk)
+        saved = pretrained.load(recipe.name, device=device, directory=out)
+        quality = floors.record(saved, recipe.floor)
+        pretrained.annotate(recipe.name, {"quality_floor": quality}, directory=out)
+        print(f"quality floor: {recipe.floor.describe(quality['measured'])}")
     return weights
 
 

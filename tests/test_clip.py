@@ -195,6 +195,16 @@ def test_zero_shot_helpers_return_valid_labels(tiny):
         metrics.zero_shot_predict(tiny, ds.images(), "texture")
 
 
+def test_zero_shot_labels_each_image_with_its_best_scoring_prompt(tiny):
+    """The rule itself: argmax over prompts of the cosine similarity (an inverted rule would pick the worst)."""
+    images = ShapesDataset(size=32, n=12, seed=5).images()
+    for attribute in ("shape", "color", "position"):
+        values, prompts = metrics.zero_shot_prompts(attribute)
+        scores = metrics.encode_images(tiny, images) @ metrics.encode_texts(tiny, prompts).T  # (12, V)
+        assert metrics.zero_shot_predict(tiny, images, attribute) == [values[i] for i in scores.argmax(1).tolist()]
+        assert metrics.zero_shot_predict(tiny, images, attribute) != [values[i] for i in scores.argmin(1).tolist()]
+
+
 def test_similarity_matrix_and_retrieval(tiny):
     ds = ShapesDataset(size=32, n=6, seed=7)
     sims = metrics.similarity_matrix(tiny, ds.images(), ds.captions())

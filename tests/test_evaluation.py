@@ -319,3 +319,42 @@ def test_pixel_vs_latent_cli_writes_the_table_the_notebook_reads(tmp_path, capsy
     assert record["command"] == ("python -m course_lib.evaluation pixel-vs-latent --prompts 1 --per-prompt 2 "
                                  "--guidance-scale 5 --steps 1")
     assert shipped["command"].startswith("python -m course_lib.evaluation pixel-vs-latent ")
+
+
+def test_floors_cli_measures_checkpoints_and_fails_random_ones(t2i_checkpoints, tmp_path, capsys):
+    """Random-weight stand-ins for three shipped checkpoints: measured, recorded with --write, reported as failing."""
+    import shutil
+
+    from course_lib import pretrained
+
+    for path in t2i_checkpoints.iterdir():
+        shutil.copy(path, tmp_path / path.name)
+    for suffix in (".json", ".safetensors"):  # the shipped classifier grades the prompts
+        (tmp_path / f"shapes-classifier{suffix}").symlink_to(pretrained.CHECKPOINT_DIR / f"shapes-classifier{suffix}")
+    with pytest.raises(SystemExit, match="below their quality floor: shapes32-unet, shapes32-t2i"):
+        main(["floors", "--checkpoint-dir", str(tmp_path), "--write"])
+    out = capsys.readouterr().out
+    assert "shapes32-t2i: prompt_accuracy" in out and "FAILS its floor (>= 0.6)" in out
+    recorded = json.loads((tmp_path / "shapes32-t2i.json").read_text())["quality_floor"]
+    assert recorded["met"] is False and recorded["limit"] == RECIPES["shapes32-t2i"].floor.limit
+    with pytest.raises(SystemExit) as exit_info:  # nothing to measure: a usage error, not a silent pass
+        main(["floors", "--checkpoint-dir", str(tmp_path / "empty")])
+    assert exit_info.value.code == 2 and "no checkpoint with a quality floor" in capsys.readouterr().err
+
+
+def test_cfg_command_held_out_options_choose_the_prompts(t2i_checkpoints, capsys, monkeypatch):
+    from course_lib.evaluation import cli
+
+    seen = []
+    monkeypatch.setattr(cli, "cfg_sweep", lambda scales, prompts, **kw: seen.append((scales, prompts)) or "table")
+    main(["cfg", "--scales", "1", "3.5", "--held-out-draws", "2", "--held-out-seed", "7", "--held-out-only",
+          "--checkpoint-dir", str(t2i_checkpoints), "--device", "cpu"])
+    (scales, prompts), = seen  # --held-out-only: no table of fresh prompts
+    assert scales == [1, 3.5] and prompts == held_out_prompts(seed=7) + held_out_prompts(seed=8)
+    assert "held-out pairs, 12 prompts" in capsys.readouterr().out
+    seen.clear()
+    main(["cfg", "--prompts", "3", "--checkpoint-dir", str(t2i_checkpoints), "--device", "cpu"])
+    assert [p for _, p in seen] == [fresh_prompts(3), held_out_prompts()]  # defaults: one draw, EVAL_SEED
+    with pytest.raises(SystemExit) as exit_info:
+        main(["cfg", "--held-out-draws", "0", "--checkpoint-dir", str(t2i_checkpoints)])
+    assert exit_info.value.code == 2 and "--held-out-draws must be an int >= 1" in capsys.readouterr().err

@@ -16,8 +16,8 @@ from PIL import Image
 from course_lib import pretrained
 from course_lib.generate import Generation, generate, main
 from course_lib.pretrained import CheckpointNotFoundError
-from course_lib.samplers import ddim, make_timesteps
 from course_lib.images import grid, upscale
+from course_lib.samplers import ddim, make_timesteps
 
 REPO = Path(__file__).resolve().parents[1]
 PROMPT = "a small blue star at the top"
@@ -50,6 +50,26 @@ def test_same_seed_same_images_other_seed_other_images(run, sampler):
     a, b, c = run(sampler=sampler, seed=1), run(sampler=sampler, seed=1), run(sampler=sampler, seed=2)
     assert torch.equal(a.images, b.images)
     assert not torch.allclose(a.images, c.images, atol=1e-3)
+
+
+def test_every_random_number_comes_from_one_cpu_generator_so_every_device_agrees(run, t2i_checkpoints):
+    """generate()'s promise "the same images on every device": x_T and DDPM's per-step noise are drawn by one CPU
+    generator seeded with `seed`, and only then moved to the device."""
+    from course_lib.guidance import GuidedModel
+    from course_lib.samplers import ddpm
+
+    p = pretrained.load_checkpoint("shapes32-t2i", device="cpu", directory=t2i_checkpoints)
+    encoder = pretrained.load_text_encoder(p, directory=t2i_checkpoints)
+    generator = torch.Generator().manual_seed(5)  # by hand: the documented recipe
+    x_T = torch.randn((2, 3, 32, 32), generator=generator)
+    expected = ddpm(GuidedModel(p.model, *encoder(PROMPT), *encoder(""), 5.0), x_T, p.schedule,
+                    make_timesteps(p.schedule, 3), generator=generator)
+    cpu = run(sampler="ddpm", seed=5)
+    torch.testing.assert_close(cpu.images, expected, rtol=0, atol=1e-6)
+    accelerators = [d for d, ok in (("cuda", torch.cuda.is_available()), ("mps", torch.backends.mps.is_available()))
+                    if ok]
+    for device in accelerators:  # where there is one: the same noise, so the same images up to float round-off
+        torch.testing.assert_close(run(sampler="ddpm", seed=5, device=device).images, cpu.images, rtol=0, atol=1e-3)
 
 
 def test_prompt_and_guidance_scale_change_the_images(run):

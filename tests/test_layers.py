@@ -21,7 +21,7 @@ LAYERS = [
     ("pipelines", ["course_lib.generate", "course_lib.latent"]),
     ("widgets", ["course_lib.widgets", "course_lib.plotting"]),
     ("metrics", ["course_lib.metrics"]),
-    ("recipes", ["course_lib.tasks", "course_lib.recipes", "course_lib.train"]),
+    ("recipes", ["course_lib.floors", "course_lib.tasks", "course_lib.recipes", "course_lib.train"]),
     ("evaluation, bench", ["course_lib.evaluation", "course_lib.bench"]),
     ("exercises", ["course_lib.exercises"]),
 ]

@@ -95,8 +95,13 @@ def test_pixel_vs_latent_row(flops):
     assert row["model"] == LATENT and row["space"] == "8x8x4" and row["numbers_per_image"] == 256
     assert row["gflops_per_step"] == flops[LATENT]["guided"] and row["decode_gflops"] == flops[LATENT]["decode"]
     assert row["cpu_s_per_image"] > 0
-    assert 0 <= row["prompt_accuracy"] <= 1
-    assert row["frechet_distance"] >= 0 and row["real_vs_real_fd"] >= 0
+    # the quality columns are cfg_sweep's numbers for the same prompts, seeds and scale
+    quality = evaluation.cfg_sweep([5.0], evaluation.fresh_prompts(2), steps=1, n_per_prompt=1, model=LATENT,
+                                   device="cpu")
+    assert row["prompt_accuracy"] == quality.rows[0]["prompt_accuracy"]
+    assert row["frechet_distance"] == quality.rows[0]["frechet_distance"]
+    assert row["real_vs_real_fd"] == quality.baseline["frechet_distance"]
+    assert row["attribute_accuracy"]["color"] == quality.rows[0]["color_accuracy"]
 
 
 def test_bench_generate_latent(capsys):
@@ -113,3 +118,22 @@ def test_bench_rejects_unknown_subcommands(capsys):
     with pytest.raises(SystemExit) as exit_info:
         bench.main(["sample"])
     assert exit_info.value.code == 2 and "generate" in capsys.readouterr().err
+
+
+def test_bench_player_times_first_and_last_frame(capsys):
+    r = bench.bench_player("shapes32-unet", steps=2, n=1, repeats=2, device="cpu")
+    assert (r["model"], r["steps"], r["images"], r["device"]) == ("shapes32-unet", 2, 1, "cpu")
+    assert 0 < r["first_frame_ms"] <= r["final_frame_ms"]
+    bench.main(["player", "--steps", "2", "--repeats", "1", "--device", "cpu"])
+    assert "player (shapes32-unet, 2 steps x 4 images, cpu" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize("recipe", ["toy2d-mlp", "shapes-classifier"])
+def test_bench_train_times_any_recipe_in_the_real_loop(recipe, capsys):
+    r = bench.bench_train(recipe, steps=2, batch_size=8, device="cpu")
+    assert (r["recipe"], r["batch_size"], r["steps"]) == (recipe, 8, 2) and r["images_per_s"] > 0
+    bench.main(["train", "--recipe", recipe, "--steps", "2", "--batch-size", "8", "--device", "cpu"])
+    assert f"train ({recipe}, batch 8, cpu):" in capsys.readouterr().out
+    with pytest.raises(SystemExit) as exit_info:
+        bench.main(["train", "--recipe", "no-such-recipe"])
+    assert exit_info.value.code == 2 and "valid recipes" in capsys.readouterr().err

@@ -14,6 +14,7 @@ from safetensors.torch import load_file
 
 from course_lib import pretrained
 from course_lib import train as train_mod
+from course_lib.floors import Floor
 from course_lib.data import ShapesDataset
 from course_lib.images import grid
 from course_lib.losses import EpsilonLoss
@@ -28,10 +29,11 @@ SMALLER_TASK = {Denoising: dict(sample_steps=2), Autoencoding: dict(eval_n=4), C
 
 
 def tiny(name: str, **train) -> "train_mod.Recipe":
-    """A shipped recipe, shrunk for a test: 32 examples, 3 steps of 4 (logged every 2), small evaluations."""
+    """A shipped recipe, shrunk for a test: 32 examples, 3 steps of 4 (logged every 2), small evaluations, and no
+    quality floor (a test below measures one)."""
     recipe = RECIPES[name]
     return dataclasses.replace(
-        recipe, data=dataclasses.replace(recipe.data, n=32),
+        recipe, data=dataclasses.replace(recipe.data, n=32), floor=None,
         task=dataclasses.replace(recipe.task, **SMALLER_TASK[type(recipe.task)]),
         train=dataclasses.replace(recipe.train, **{**dict(steps=3, batch_size=4, warmup=0, ckpt_every=0,
                                                           log_every=2), **train}))
@@ -246,3 +248,32 @@ def test_an_interrupted_run_resumes_with_the_same_command_and_refuses_another(tm
     assert "steps: saved 6, now 9" in capsys.readouterr().err and state.exists()
     train_mod.run(recipe, out=tmp_path, device="cpu", progress=False)
     assert not state.exists() and json.loads((tmp_path / "toy2d-mlp.json").read_text())["steps"] == 6
+
+
+@pytest.mark.parametrize("limit, met", [(0.0, True), (1.01, False)])
+def test_run_measures_the_recipes_floor_on_the_saved_checkpoint_and_records_it(limit, met, tmp_path, capsys):
+    floor = Floor("accuracy", limit, dict(n=16, size=32, seed=7))
+    train_mod.run(dataclasses.replace(tiny("shapes-classifier"), floor=floor), out=tmp_path, device="cpu",
+                  progress=False)
+    quality = json.loads((tmp_path / "shapes-classifier.json").read_text())["quality_floor"]
+    assert quality["metric"] == "accuracy" and quality["limit"] == limit and quality["settings"] == floor.settings
+    assert quality["met"] is met and 0.0 <= quality["measured"] <= 1.0
+    assert ("meets its floor" if met else "FAILS its floor") in capsys.readouterr().out
+
+
+def test_run_saves_the_ema_weights_not_the_last_steps(tmp_path, monkeypatch):
+    """Denoisers are sampled from the EMA: the checkpoint must hold it (fp16), not the raw weights."""
+    results = []
+    real_train = train_mod.train
+
+    def keep_result(*args, **kwargs):
+        results.append(real_train(*args, **kwargs))
+        return results[-1]
+
+    monkeypatch.setattr(train_mod, "train", keep_result)
+    train_mod.run(tiny("toy2d-mlp", steps=40, lr=1e-2), out=tmp_path, device="cpu", progress=False)
+    saved = load_file(str(tmp_path / "toy2d-mlp.safetensors"))
+    (result,) = results
+    ema, raw = result.ema.state_dict(), result.model.state_dict()
+    assert all(torch.equal(value, ema[key].half()) for key, value in saved.items())
+    assert not all(torch.equal(value, raw[key].half()) for key, value in saved.items())  # and that is not raw

@@ -1,15 +1,16 @@
 """Sweeps: measure what a setting does across its range, one row per value; the tables the notebooks show.
 
-prompts  what the sweeps test on: fresh and held-out prompts, real renders to compare samples with
 sweeps   cfg_sweep (chapter 3), steps_sweep (chapter 2), pixel_vs_latent and kl_sweep (chapter 4)
 cli      `python -m course_lib.evaluation {cfg,steps,pixel-vs-latent,kl}`: the same sweeps at full size;
          pixel-vs-latent and kl write the JSON files in data/ that the notebooks read
 
-The numbers themselves come from course_lib.metrics, the timings from course_lib.bench.
+The numbers themselves, and the prompts they test on, come from course_lib.metrics; the timings from
+course_lib.bench.
 """
+from course_lib.metrics.prompts import (DEFAULT_TEMPLATE, EVAL_SEED, REFERENCE_SEED, TRAINING_SEED, Prompt,
+                                       fresh_prompts, held_out_prompts, make_prompt, reference_renders)
+
 from .cli import KL_SWEEP_PATH, PIXEL_VS_LATENT_PATH, main
-from .prompts import (DEFAULT_TEMPLATE, EVAL_SEED, REFERENCE_SEED, TRAINING_SEED, Prompt, fresh_prompts,
-                      held_out_prompts, make_prompt, reference_renders)
 from .sweeps import (CFG_SCALES, PIXEL_VS_LATENT_MODELS, UNCONDITIONAL_MODEL, Sweep, cfg_sweep, kl_sweep,
                      pixel_vs_latent, score, steps_sweep)
 

@@ -1,6 +1,7 @@
-"""`python -m course_lib.evaluation {cfg,steps,pixel-vs-latent,kl}`: run a sweep at full size and print its table.
+"""`python -m course_lib.evaluation {cfg,steps,pixel-vs-latent,kl,floors}`: run a sweep at full size, print its table.
 
-pixel-vs-latent and kl also write the JSON the notebooks read (data/pixel_vs_latent.json, data/vae_kl_sweep.json).
+pixel-vs-latent and kl also write the JSON the notebooks read (data/pixel_vs_latent.json, data/vae_kl_sweep.json);
+floors measures every shipped checkpoint against the quality floor of its recipe (--write records it in its JSON).
 """
 from __future__ import annotations
 
@@ -11,10 +12,12 @@ from pathlib import Path
 import torch
 
 import course_lib
+from course_lib import floors, pretrained
 from course_lib.generate import DEFAULT_MODEL
+from course_lib.metrics.prompts import EVAL_SEED, _check_int, fresh_prompts, held_out_prompts
 from course_lib.pretrained import CHECKPOINT_DIR, CheckpointError, CheckpointNotFoundError
+from course_lib.recipes import RECIPES
 
-from .prompts import EVAL_SEED, _check_int, fresh_prompts, held_out_prompts
 from .sweeps import CFG_SCALES, UNCONDITIONAL_MODEL, cfg_sweep, kl_sweep, pixel_vs_latent, steps_sweep
 
 PIXEL_VS_LATENT_PATH = CHECKPOINT_DIR.parent / "pixel_vs_latent.json"  # chapter 4's table
@@ -57,6 +60,9 @@ def _parser() -> argparse.ArgumentParser:
     kl.add_argument("--batch-size", type=int, default=64)
     kl.add_argument("--device", default=None, help="cpu, cuda, mps (default: course_lib.device())")
     kl.add_argument("-o", "--output", default=str(KL_SWEEP_PATH), help="JSON to write")
+    floor = sub.add_parser("floors", help="measure each shipped checkpoint against its recipe's quality floor")
+    floor.add_argument("--checkpoint-dir", default=None, help="where the checkpoints are (default data/checkpoints)")
+    floor.add_argument("--write", action="store_true", help="record the floor and the measurement in each JSON")
     return parser
 
 
@@ -101,6 +107,26 @@ def _kl(args, parser) -> dict:
                        + f" --steps {args.steps} --batch-size {args.batch_size}"}
 
 
+def _floors(args) -> None:
+    """Every checkpoint in the directory that a recipe with a floor made: measured on the CPU, as users load it."""
+    failed, found = [], 0
+    for name, recipe in RECIPES.items():
+        if recipe.floor is None or name not in pretrained.list_checkpoints(args.checkpoint_dir):
+            continue
+        found += 1
+        p = pretrained.load_checkpoint(name, device="cpu", directory=args.checkpoint_dir)
+        quality = floors.record(p, recipe.floor, directory=args.checkpoint_dir)
+        print(f"{name}: {recipe.floor.describe(quality['measured'])}", flush=True)
+        if args.write:
+            pretrained.annotate(name, {"quality_floor": quality}, directory=args.checkpoint_dir)
+        if not quality["met"]:
+            failed.append(name)
+    if not found:
+        raise ValueError(f"no checkpoint with a quality floor in {args.checkpoint_dir or CHECKPOINT_DIR}")
+    if failed:
+        raise SystemExit(f"below their quality floor: {', '.join(failed)}")
+
+
 def main(argv: list[str] | None = None) -> None:
     parser = _parser()
     args = parser.parse_args(argv)
@@ -112,6 +138,8 @@ def main(argv: list[str] | None = None) -> None:
                                 directory=args.checkpoint_dir, device=args.device, progress=True)
             print(f"\n{args.n} images per run, against {args.n} real renders:")
             print(sweep)
+        elif args.command == "floors":
+            _floors(args)
         else:
             record = (_pixel_vs_latent if args.command == "pixel-vs-latent" else _kl)(args, parser)
             Path(args.output).write_text(json.dumps(record, indent=2) + "\n")

@@ -17,18 +17,18 @@ import torch
 
 import course_lib
 from course_lib import pretrained
-from course_lib.data import ShapesDataset
 from course_lib.bench import generate_seconds
+from course_lib.data import ShapesDataset
 from course_lib.generate import DEFAULT_MODEL, generate
 from course_lib.latent import decode_latents, encode_latents
 from course_lib.losses import VAELoss
 from course_lib.metrics import attribute_accuracy, decode_gflops, frechet_distance, gflops_per_step, graininess, \
     load_classifier, prompt_accuracy, psnr, saturation
+from course_lib.metrics.prompts import REFERENCE_SEED, Prompt, _check_int, _check_prompts, fresh_prompts, \
+    reference_renders
 from course_lib.recipes import get_recipe
 from course_lib.samplers import get_sampler, make_timesteps
 from course_lib.training import train
-
-from .prompts import REFERENCE_SEED, Prompt, _check_int, _check_prompts, fresh_prompts, reference_renders
 
 CFG_SCALES = (0, 1, 2, 3, 5, 7, 10, 12, 15, 20)  # chapter 3's sweep (diffusers' convention: 1 = no guidance)
 UNCONDITIONAL_MODEL = "shapes32-unet"

@@ -1,4 +1,4 @@
-"""What the sweeps test on: prompts with the attributes they ask for, and real renders to compare samples with.
+"""What the measurements test on: prompts with the attributes they ask for, and real renders to compare with.
 
 `fresh_prompts` draws attribute combinations the training set also had (new noise, same kind of caption);
 `held_out_prompts` names the (shape, color) pairs the text-to-image models never saw. `reference_renders` draws
@@ -14,7 +14,7 @@ import torch
 
 from course_lib.data import BACKGROUNDS, COLORS, HELD_OUT_PAIRS, POSITIONS, SHAPES, SIZES, TEMPLATES, Attributes, \
     Jitter, caption, random_attributes, render
-from course_lib.metrics import PROMPT_KEYS
+from .classifier import PROMPT_KEYS
 
 TRAINING_SEED = 0  # the seed of the datasets the shipped checkpoints were trained on (recipes.py)
 EVAL_SEED = 2025  # attribute draws for test prompts: any seed but TRAINING_SEED
