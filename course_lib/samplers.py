@@ -56,54 +56,54 @@ def make_timesteps(schedule: NoiseSchedule, steps: int, spacing: str = "trailing
     return torch.from_numpy(timesteps.copy())  # (steps,)
 
 
-@torch.no_grad()
 def ddim(eps_model, x, schedule, timesteps, *, callback=None, generator=None, eta: float = 0.0) -> torch.Tensor:
     """DDIM (Song et al. 2021, eq. 12; sigma_t from eq. 16): eta=0 is deterministic, eta=1 is DDPM-like."""
     if not 0.0 <= eta <= 1.0:
         raise ValueError(f"eta must be in [0, 1] (0 = deterministic DDIM, 1 = DDPM-like noise), got {eta}")
     timesteps = _check_inputs(x, schedule, timesteps)
-    for i, t in enumerate(timesteps):
-        # alpha_bar at this step and at the next (lower) one; 1.0 = clean data after the last step
-        a_t, a_prev = _alpha_bars(schedule, timesteps, i)
-        eps = _predict_eps(eps_model, x, t)
-        # invert DDPM eq. 4 for x0: "predicted x0" (eq. 12, first term)
-        x0 = (x - (1 - a_t) ** 0.5 * eps) / a_t**0.5
-        # eq. 16: how much fresh noise to inject; eta=0 makes the step deterministic
-        sigma = eta * ((1 - a_prev) / (1 - a_t) * (1 - a_t / a_prev)) ** 0.5
-        # eq. 12: jump to x_prev = sqrt(a_prev) x0 + "direction pointing to x_t" + random noise
-        # (clamp: with eta=1 the bracket is ~a_t, which rounds below 0 at the cosine schedule's t = T-1)
-        x_next = a_prev**0.5 * x0 + (1 - a_prev - sigma**2).clamp(min=0) ** 0.5 * eps
-        if eta > 0:
-            x_next = x_next + sigma * _randn_like(x, generator)
-        x = x_next
-        if callback is not None:
-            callback(StepRecord(step=i, t=t, x_t=x.detach().clone(), x0=x0.detach().clone()))
+    with torch.no_grad():  # sampling only reads the network: no autograd graph to build
+        for i, t in enumerate(timesteps):
+            # alpha_bar at this step and at the next (lower) one; 1.0 = clean data after the last step
+            a_t, a_prev = _alpha_bars(schedule, timesteps, i)
+            eps = _predict_eps(eps_model, x, t)
+            # invert DDPM eq. 4 for x0: "predicted x0" (eq. 12, first term)
+            x0 = (x - (1 - a_t) ** 0.5 * eps) / a_t**0.5
+            # eq. 16: how much fresh noise to inject; eta=0 makes the step deterministic
+            sigma = eta * ((1 - a_prev) / (1 - a_t) * (1 - a_t / a_prev)) ** 0.5
+            # eq. 12: jump to x_prev = sqrt(a_prev) x0 + "direction pointing to x_t" + random noise
+            # (clamp: with eta=1 the bracket is ~a_t, which rounds below 0 at the cosine schedule's t = T-1)
+            x_next = a_prev**0.5 * x0 + (1 - a_prev - sigma**2).clamp(min=0) ** 0.5 * eps
+            if eta > 0:
+                x_next = x_next + sigma * _randn_like(x, generator)
+            x = x_next
+            if callback is not None:
+                callback(StepRecord(step=i, t=t, x_t=x.detach().clone(), x0=x0.detach().clone()))
     return x
 
 
-@torch.no_grad()
 def ddpm(eps_model, x, schedule, timesteps, *, callback=None, generator=None) -> torch.Tensor:
     """Ancestral DDPM sampling (Ho et al. 2020, Algorithm 2 via the posterior of eq. 6-7, "fixed_small" variance)."""
     timesteps = _check_inputs(x, schedule, timesteps)
-    for i, t in enumerate(timesteps):
-        # alpha_bar at this step and at the next (lower) one; 1.0 = clean data after the last step
-        a_t, a_prev = _alpha_bars(schedule, timesteps, i)
-        # the strided step's own alpha and beta (equal to alphas[t], betas[t] when no step is skipped)
-        alpha_t = a_t / a_prev
-        beta_t = 1 - alpha_t
-        eps = _predict_eps(eps_model, x, t)
-        # invert DDPM eq. 4 for x0 (eq. 15); unclipped
-        x0 = (x - (1 - a_t) ** 0.5 * eps) / a_t**0.5
-        # eq. 7: posterior mean mu~(x_t, x0), a blend of predicted x0 and the current x_t
-        mean = (a_prev**0.5 * beta_t / (1 - a_t)) * x0 + (alpha_t**0.5 * (1 - a_prev) / (1 - a_t)) * x
-        # eq. 7: posterior variance beta~_t; sample x_prev ~ N(mean, beta~_t I), no noise at t = 0
-        variance = (1 - a_prev) / (1 - a_t) * beta_t
-        x_next = mean
-        if t > 0:  # (the last step has variance 0; noise is still drawn if t > 0, as diffusers does)
-            x_next = mean + variance**0.5 * _randn_like(x, generator)
-        x = x_next
-        if callback is not None:
-            callback(StepRecord(step=i, t=t, x_t=x.detach().clone(), x0=x0.detach().clone()))
+    with torch.no_grad():  # sampling only reads the network: no autograd graph to build
+        for i, t in enumerate(timesteps):
+            # alpha_bar at this step and at the next (lower) one; 1.0 = clean data after the last step
+            a_t, a_prev = _alpha_bars(schedule, timesteps, i)
+            # the strided step's own alpha and beta (equal to alphas[t], betas[t] when no step is skipped)
+            alpha_t = a_t / a_prev
+            beta_t = 1 - alpha_t
+            eps = _predict_eps(eps_model, x, t)
+            # invert DDPM eq. 4 for x0 (eq. 15); unclipped
+            x0 = (x - (1 - a_t) ** 0.5 * eps) / a_t**0.5
+            # eq. 7: posterior mean mu~(x_t, x0), a blend of predicted x0 and the current x_t
+            mean = (a_prev**0.5 * beta_t / (1 - a_t)) * x0 + (alpha_t**0.5 * (1 - a_prev) / (1 - a_t)) * x
+            # eq. 7: posterior variance beta~_t; sample x_prev ~ N(mean, beta~_t I), no noise at t = 0
+            variance = (1 - a_prev) / (1 - a_t) * beta_t
+            x_next = mean
+            if t > 0:  # (the last step has variance 0; noise is still drawn if t > 0, as diffusers does)
+                x_next = mean + variance**0.5 * _randn_like(x, generator)
+            x = x_next
+            if callback is not None:
+                callback(StepRecord(step=i, t=t, x_t=x.detach().clone(), x0=x0.detach().clone()))
     return x
 
 

@@ -55,3 +55,24 @@ def test_guided_model_errors():
     bad = GuidedModel(ToyCondModel(), cond.repeat(2, 1, 1), mask.repeat(2, 1), cond, mask, 3.0)
     with pytest.raises(ValueError, match="expected 1 or 3"):
         bad(torch.zeros(3, 1, 2, 2), torch.zeros(3, dtype=torch.long))
+
+
+# ----- written against the mutants `make mutation` found surviving (mutation.md) ---------------------------
+class TimeModel(torch.nn.Module):
+    """eps = x * t / 1000 + mean cond token: answers depend on t and on the conditioning of each image."""
+
+    def forward(self, x_t, t, cond=None, cond_mask=None):
+        assert cond.shape[0] == x_t.shape[0] == t.shape[0]  # one conditioning per image, never broadcast here
+        return x_t * t.view(-1, 1, 1, 1) / 1000 + cond.mean(dim=(1, 2)).view(-1, 1, 1, 1)
+
+
+@pytest.mark.parametrize("s", [0.0, 1.0, 4.0])
+def test_guided_model_passes_t_and_per_image_conditioning_through(s):
+    g = torch.Generator().manual_seed(2)
+    x, t = torch.randn(2, 1, 2, 2, generator=g), torch.tensor([100, 900])
+    cond, uncond = torch.randn(2, 5, 3, generator=g), torch.zeros(1, 5, 3)  # one prompt per image; one ""
+    mask, uncond_mask = torch.ones(2, 5, dtype=torch.bool), torch.ones(1, 5, dtype=torch.bool)
+    out = GuidedModel(TimeModel(), cond, mask, uncond, uncond_mask, s)(x, t)
+    scaled = x * t.view(-1, 1, 1, 1) / 1000
+    want = cfg(scaled, scaled + cond.mean(dim=(1, 2)).view(-1, 1, 1, 1), s)
+    torch.testing.assert_close(out, want)

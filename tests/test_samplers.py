@@ -264,3 +264,32 @@ def test_bad_model_output_and_eta():
         ddim(lambda x, t: torch.zeros(2, 3), start_noise(), schedule, [999])
     with pytest.raises(ValueError, match=r"eta must be in \[0, 1\]"):
         ddim(TinyEps(schedule), start_noise(), schedule, [999], eta=-0.1)
+
+
+# ----- written against the mutants `make mutation` found surviving (mutation.md) ---------------------------
+def test_eta_above_one_is_refused_and_deterministic_ddim_draws_no_noise():
+    schedule = NoiseSchedule.linear()
+    with pytest.raises(ValueError, match=r"eta must be in \[0, 1\]"):
+        ddim(TinyEps(schedule), start_noise(), schedule, [999], eta=1.5)
+    generator = torch.Generator().manual_seed(3)
+    before = generator.get_state()
+    ddim(TinyEps(schedule), start_noise(), schedule, make_timesteps(schedule, 5), generator=generator)
+    assert torch.equal(generator.get_state(), before)  # eta = 0: no random number is drawn at all
+
+
+@pytest.mark.parametrize("sampler", [ddim, ddpm])
+@pytest.mark.parametrize("x", [[0.0, 1.0], torch.zeros(2, 3, dtype=torch.long), torch.tensor(0.5)],
+                         ids=["list", "int tensor", "no batch dimension"])
+def test_bad_starting_noise_is_refused(sampler, x):
+    schedule = NoiseSchedule.linear()
+    with pytest.raises(ValueError, match="x must be a floating-point tensor with a batch dimension"):
+        sampler(lambda x_t, t: x_t, x, schedule, [999])
+
+
+@pytest.mark.parametrize("sampler", [ddim, ddpm])
+def test_one_dimensional_samples_and_unreadable_timesteps(sampler):
+    schedule = NoiseSchedule.linear()
+    out = sampler(lambda x_t, t: 0.1 * x_t, torch.ones(4), schedule, [999, 500], generator=torch.Generator())
+    assert out.shape == (4,)  # a batch of 4 scalars: the batch dimension is all a sampler needs
+    with pytest.raises(ValueError, match="non-empty 1-D sequence of ints"):
+        sampler(lambda x_t, t: x_t, torch.ones(4), schedule, ["late", "early"])

@@ -134,3 +134,53 @@ def test_bad_shapes_and_types():
         schedule.add_noise(x0, x0, 3.0)
     with pytest.raises(ValueError, match="floating-point tensor"):
         schedule.add_noise(torch.zeros(2, 3, dtype=torch.long), torch.zeros(2, 3, dtype=torch.long), 1)
+
+
+# ----- written against the mutants `make mutation` found surviving (mutation.md) ---------------------------
+def test_defaults_and_dtypes_whatever_the_default_dtype():
+    """T = 1000 by default; every table is float32, even under torch.set_default_dtype(torch.float64)."""
+    previous = torch.get_default_dtype()
+    torch.set_default_dtype(torch.float64)
+    try:
+        for name in SCHEDULES:
+            schedule = NoiseSchedule.from_name(name) if name != "linear" else NoiseSchedule.linear()
+            assert schedule.num_train_timesteps == 1000, name
+            assert {t.dtype for t in (schedule.betas, schedule.alphas, schedule.alphas_cumprod)} == {torch.float32}
+            # computed in float32 as diffusers does (a float64 linspace rounds a third of the betas differently)
+            torch.testing.assert_close(schedule.betas, diffusers_scheduler(name).betas, rtol=0, atol=0)
+        assert NoiseSchedule.scaled_linear().num_train_timesteps == NoiseSchedule.cosine().num_train_timesteps == 1000
+    finally:
+        torch.set_default_dtype(previous)
+    betas64 = torch.linspace(1e-4, 0.02, 10, dtype=torch.float64)
+    assert NoiseSchedule.from_betas("custom", betas64).alphas_cumprod.dtype == torch.float32
+
+
+def test_one_step_schedules_are_valid_and_fractional_counts_are_not():
+    assert NoiseSchedule.linear(1).num_train_timesteps == 1
+    for bad in (0, 2.5, True, "10"):
+        with pytest.raises(ValueError, match="positive int"):
+            NoiseSchedule.linear(bad)
+
+
+def test_add_noise_keeps_the_data_dtype_exactly_and_accepts_one_dimensional_data():
+    schedule = NoiseSchedule.linear()
+    x0, noise = torch.randn(4, dtype=torch.float64), torch.randn(4, dtype=torch.float64)  # (B,): scalars
+    t = torch.tensor([0, 10, 500, 999])
+    a = schedule.alphas_cumprod[t].to(torch.float64)  # alpha_bar in the data's precision, as diffusers does
+    assert torch.equal(schedule.add_noise(x0, noise, t), a.sqrt() * x0 + (1 - a).sqrt() * noise)
+    assert schedule.add_noise(x0.bfloat16(), noise.bfloat16(), t).dtype == torch.bfloat16
+
+
+def test_add_noise_and_snr_refuse_bad_t_with_clear_messages():
+    schedule = NoiseSchedule.linear()
+    x0 = torch.zeros(2, 3)
+    with pytest.raises(ValueError, match=r"t must be an int or a \(B,\) tensor"):
+        schedule.add_noise(x0, x0, torch.zeros(2, 1, dtype=torch.long))  # (B, 1): one dimension too many
+    with pytest.raises(ValueError, match="integer timesteps"):
+        schedule.add_noise(x0, x0, torch.tensor([True, False]))
+    with pytest.raises(ValueError, match=r"noise must have the same shape as x0 \(2, 3\), got \(3,\)"):
+        schedule.add_noise(x0, torch.zeros(3), 1)
+    with pytest.raises(ValueError, match=r"got list"):
+        schedule.add_noise(x0, [0.0, 0.0], 1)
+    with pytest.raises(ValueError, match="batch dimension"):
+        schedule.add_noise(torch.tensor(1.0), torch.tensor(1.0), 1)

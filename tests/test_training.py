@@ -282,3 +282,17 @@ def test_resume_error_names_the_saved_steps(tmp_path):
     with pytest.raises(CheckpointError, match=r"steps: saved 5, now 9.*--steps 5 --batch-size 8"):
         train(make_run(steps=9)[0], loss_fn, data, make_run(steps=9)[3], ckpt_path=ckpt, device="cpu",
               progress=False)
+
+
+def test_ema_copies_buffers_and_averages_parameters():
+    """Written against a surviving mutant (mutation.md): the course's networks have no buffers, so a
+    broken buffer copy went unnoticed."""
+    from course_lib.training import update_ema
+
+    model, ema = nn.BatchNorm1d(3), nn.BatchNorm1d(3)
+    with torch.no_grad():
+        model.weight.fill_(2.0)
+        model.running_mean.fill_(5.0)
+    update_ema(ema, model, 0.75)
+    torch.testing.assert_close(ema.weight, torch.full((3,), 0.75 * 1.0 + 0.25 * 2.0))  # decay * ema + (1 - decay) * w
+    assert torch.equal(ema.running_mean, model.running_mean)  # buffers are copied, not averaged
