@@ -358,3 +358,10 @@ def test_cfg_command_held_out_options_choose_the_prompts(t2i_checkpoints, capsys
     with pytest.raises(SystemExit) as exit_info:
         main(["cfg", "--held-out-draws", "0", "--checkpoint-dir", str(t2i_checkpoints)])
     assert exit_info.value.code == 2 and "--held-out-draws must be an int >= 1" in capsys.readouterr().err
+
+
+def test_kl_cli_writes_the_schema_of_the_shipped_table(small_vae_recipe, tmp_path):
+    out = tmp_path / "sweep.json"
+    main(["kl", "--kl-weights", "0", "--steps", "1", "--batch-size", "2", "--device", "cpu", "-o", str(out)])
+    record, shipped = json.loads(out.read_text()), json.loads(evaluation.KL_SWEEP_PATH.read_text())
+    assert set(record) == set(shipped) and set(record["rows"][0]) == set(shipped["rows"][0])
