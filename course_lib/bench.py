@@ -5,8 +5,9 @@ player:   how long a student waits after moving the DenoisingPlayer's slider, wi
           time to the first frame on screen and to the last frame of a 20-step, 4-image run.
 generate: seconds for `course_lib.generate` (20 steps, 4 images, guidance 5), decoding included for latent models.
 train:    training throughput (images/s) of any recipe's model (`--recipe`, default shapes32-unet) in the real loop.
-Each figure is the median of several runs after one warm-up; nothing here is asserted. Every timing loop of
-the course is here (chapter 4's table takes its CPU seconds from `generate_seconds`).
+Each figure is the median of several runs after one warm-up; nothing here is asserted. Chapter 4's table takes
+its CPU seconds from `generate_seconds`; training throughput comes from `training.time_steps`, which
+--time-budget plans with too.
 """
 from __future__ import annotations
 
@@ -20,7 +21,7 @@ import torch
 import course_lib
 from course_lib.generate import generate
 from course_lib.recipes import RECIPES, get_recipe
-from course_lib.training import train
+from course_lib.training import time_steps
 from course_lib.widgets import DenoisingPlayer
 
 
@@ -68,14 +69,12 @@ def bench_train(recipe_name: str = "shapes32-unet", steps: int = 30, batch_size:
     """Training images/s of a recipe's model (fresh weights, its real data and objective, the real loop)."""
     recipe = get_recipe(recipe_name)
     device = torch.device(device) if device is not None else course_lib.device()
-    config = dataclasses.replace(recipe.train, steps=steps, warmup=1, ckpt_every=0,
-                                 **({"batch_size": batch_size} if batch_size else {}))
+    config = dataclasses.replace(recipe.train, **({"batch_size": batch_size} if batch_size else {}))
     # A few batches' worth of data is enough to time a step (and far quicker to render than the recipe's).
     small = dataclasses.replace(recipe.data, n=min(recipe.data.n, 4 * config.batch_size))
     prepared = recipe.task.prepare(small, device)
-    train(recipe.build_model(), prepared.loss_fn, prepared.data, dataclasses.replace(config, steps=3), device=device,
-          progress=False)  # warm-up: allocator, kernels, lazy initialisation
-    result = train(recipe.build_model(), prepared.loss_fn, prepared.data, config, device=device, progress=False)
+    result = time_steps(recipe.build_model(), prepared.loss_fn, prepared.data, config, steps=steps, warmup_steps=3,
+                        device=device)
     return {"recipe": recipe_name, "device": str(device), "batch_size": config.batch_size, "steps": steps,
             "images_per_s": result.images_per_s}
 

@@ -42,6 +42,10 @@ def setup(device=None) -> torch.device:
     device = course_lib.device(device)
     if int(os.environ.get("WORLD_SIZE", "1")) <= 1 or is_distributed():
         return device
+    missing = [name for name in ("RANK", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT") if name not in os.environ]
+    if missing:
+        raise ValueError(f"WORLD_SIZE is {os.environ['WORLD_SIZE']} but {', '.join(missing)} is not set: start the "
+                         f"processes with torchrun, e.g. torchrun --nproc_per_node=2 -m course_lib.train NAME")
     local_rank = int(os.environ["LOCAL_RANK"])
     if device.type == "cuda":
         if local_rank >= torch.cuda.device_count():

@@ -28,7 +28,11 @@ from course_lib.metrics.prompts import REFERENCE_SEED
 from course_lib.pretrained import Pretrained, image_shape
 from course_lib.samplers import ddim, make_timesteps
 
-METRICS = ("prompt_accuracy", "color_accuracy", "frechet_distance", "psnr_db", "accuracy", "zero_shot")
+# metric -> the settings it is measured with
+METRICS = {"prompt_accuracy": ("prompts", "per_prompt", "steps", "guidance_scale", "seed"),
+           "color_accuracy": ("prompts", "per_prompt", "steps", "guidance_scale", "seed"),
+           "frechet_distance": ("n", "steps", "seed"), "psnr_db": ("n", "size", "seed"),
+           "accuracy": ("n", "size", "seed"), "zero_shot": ("n", "size", "seed")}
 AT_MOST = ("frechet_distance",)  # lower is better: the limit is a ceiling
 
 
@@ -55,11 +59,16 @@ class Floor:
 
 @torch.no_grad()
 def measure(p: Pretrained, floor: Floor, directory=None) -> float:
-    """The floor's metric on checkpoint `p` (its text encoder / VAE / classifier from `directory`)."""
+    """The floor's metric on checkpoint `p`; the text encoder or VAE its JSON names come from `directory`, the
+    shapes classifier that grades samples is always the shipped one (a measuring instrument, not the model)."""
+    missing = [name for name in METRICS[floor.metric] if name not in floor.settings]
+    if missing:
+        raise ValueError(f"a {floor.metric} floor needs the settings {', '.join(METRICS[floor.metric])}; "
+                         f"{', '.join(missing)} missing from {floor.settings}")
     s, device = floor.settings, course_lib.device_of(p.model)
     p.model.eval()
     if floor.metric in ("prompt_accuracy", "color_accuracy"):
-        classifier = load_classifier(device=device, directory=directory)
+        classifier = load_classifier(device=device)
         scores = []
         for i, prompt in enumerate(fresh_prompts(s["prompts"], seed=s["seed"])):
             images = generate(prompt.text, steps=s["steps"], guidance_scale=s["guidance_scale"], seed=s["seed"] + i,
@@ -74,7 +83,7 @@ def measure(p: Pretrained, floor: Floor, directory=None) -> float:
         x_T = torch.randn((s["n"], channels, height, width), generator=torch.Generator().manual_seed(s["seed"]))
         samples = ddim(p.model, x_T.to(device), p.schedule, make_timesteps(p.schedule, s["steps"])).float().cpu()
         real = ShapesDataset(size=height, n=s["n"], seed=REFERENCE_SEED).images()
-        return frechet_distance(samples, real, load_classifier(device=device, directory=directory))
+        return frechet_distance(samples, real, load_classifier(device=device))
     renders = ShapesDataset(size=s["size"], n=s["n"], seed=s["seed"])
     if floor.metric == "psnr_db":
         images = renders.images()

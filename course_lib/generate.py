@@ -22,7 +22,6 @@ from course_lib import pretrained
 from course_lib.guidance import GuidedModel
 from course_lib.images import grid, label_rows, png_bytes, upscale
 from course_lib.latent import latent_decoder
-from course_lib.models.clip import tokenize
 from course_lib.pretrained import CheckpointError, CheckpointNotFoundError, Pretrained, load_checkpoint, \
     load_text_encoder, sample_shape
 from course_lib.samplers import StepRecord, get_sampler, make_timesteps
@@ -60,6 +59,8 @@ def generate(prompt: str, *, steps: int = 20, guidance_scale: float = 5.0, sampl
     callback        called with each step's StepRecord (on the CPU), e.g. to show progress
     """
     _check_arguments(prompt, steps, guidance_scale, sampler, seed, n)
+    from course_lib.models.clip import tokenize  # (open_clip is slow to import: not at import time)
+
     tokenize(prompt)  # a too-long prompt fails here, before any checkpoint is loaded
     if isinstance(model, Pretrained):
         if device is not None and course_lib.device(device).type != course_lib.device_of(model.model).type:

@@ -44,7 +44,8 @@ def drop_captions(cond, cond_mask, prob: float, generator, empty=None):
     The same network then also learns the unconditional prediction that classifier-free guidance needs.
     empty: (tokens (L, D), mask (L,)) of the empty prompt ""; None: a dropped caption has every token masked out.
     """
-    drop = torch.rand(cond.shape[0], generator=generator, device=generator.device).to(cond.device) < prob  # (B,)
+    gen_device = generator.device if generator is not None else cond.device
+    drop = torch.rand(cond.shape[0], generator=generator, device=gen_device).to(cond.device) < prob  # (B,)
     if empty is None:
         return cond, cond_mask & ~drop[:, None]  # a fully masked sample gets no cross-attention at all
     tokens, mask = (e.to(cond.device) for e in empty)
@@ -64,6 +65,8 @@ class EpsilonLoss:
             raise ValueError(f"cond_drop_prob must be in [0, 1), got {self.cond_drop_prob}")
 
     def __call__(self, model, batch, generator) -> torch.Tensor:
+        if isinstance(batch, (tuple, list)) and len(batch) != 3:
+            raise ValueError(f"a denoiser's batch is x0, or (x0, cond tokens, cond mask); got {len(batch)} tensors")
         x0, cond, cond_mask = batch if isinstance(batch, (tuple, list)) else (batch, None, None)
         if not x0.is_floating_point():
             raise ValueError(f"x0 must be a float tensor (B, ...), e.g. ShapesDataset(...).images(); got {x0.dtype}")
@@ -119,7 +122,7 @@ def blur3x3(images: torch.Tensor) -> torch.Tensor:
 
 def augment(x: torch.Tensor, generator, noise_std: float, blur_prob: float) -> torch.Tensor:
     """Make clean renders look a bit more like diffusion samples: some blurred, all with a little noise."""
-    device = generator.device
+    device = generator.device if generator is not None else x.device
     if blur_prob > 0:
         soft = torch.rand(len(x), generator=generator, device=device).to(x.device) < blur_prob  # (B,) to blur
         x = torch.where(soft[:, None, None, None], blur3x3(x), x)

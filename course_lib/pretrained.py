@@ -25,7 +25,7 @@ from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
 import course_lib
-from course_lib.models import build_model
+from course_lib.models import VAE, build_model
 from course_lib.schedules import NoiseSchedule
 
 CHECKPOINT_DIR = Path(__file__).parents[1] / "data" / "checkpoints"
@@ -61,7 +61,7 @@ def _paths(name: str, directory) -> tuple[Path, Path]:
     return directory / f"{name}.safetensors", directory / f"{name}.json"
 
 
-def _write_atomic(path: Path, write) -> None:
+def write_atomic(path: Path, write) -> None:
     """write(tmp_path) then rename over path, so a reader never sees half a file."""
     tmp = path.with_name(path.name + ".tmp")
     write(tmp)
@@ -93,16 +93,21 @@ def save(name: str, model: nn.Module, *, kind: str | None = None, config=None, s
     # fp16 halves the files; every weight of these small nets is far inside fp16's range.
     tensors = {k: v.detach().to("cpu", torch.float16).contiguous() for k, v in model.state_dict().items()}
     weights_path.parent.mkdir(parents=True, exist_ok=True)
-    _write_atomic(weights_path, lambda tmp: save_file(tensors, str(tmp), metadata={"name": name}))
-    _write_atomic(json_path, lambda tmp: tmp.write_text(json.dumps(info, indent=2) + "\n"))
+    write_atomic(weights_path, lambda tmp: save_file(tensors, str(tmp), metadata={"name": name}))
+    write_atomic(json_path, lambda tmp: tmp.write_text(json.dumps(info, indent=2) + "\n"))
     return weights_path
 
 
 def annotate(name: str, fields: dict, directory=None) -> Path:
     """Add (or replace) top-level fields of checkpoint `name`'s JSON, e.g. a measurement made after saving."""
     _, json_path = _paths(name, directory)
-    meta = json.loads(json_path.read_text())
-    _write_atomic(json_path, lambda tmp: tmp.write_text(json.dumps({**meta, **fields}, indent=2) + "\n"))
+    if not json_path.exists():
+        raise CheckpointNotFoundError(f"checkpoint {name!r} has no {json_path}; {_retrain(name)}")
+    try:
+        meta = json.loads(json_path.read_text())
+    except (OSError, UnicodeDecodeError, ValueError) as e:
+        raise CheckpointError(f"cannot read {json_path} ({type(e).__name__}: {e}); {_retrain(name)}") from e
+    write_atomic(json_path, lambda tmp: tmp.write_text(json.dumps({**meta, **fields}, indent=2) + "\n"))
     return json_path
 
 
@@ -162,17 +167,25 @@ def check_state_matches(path, model: nn.Module, state: dict, hint: str) -> None:
 #################################################################################
 
 @functools.lru_cache(maxsize=8)
-def _load_cached(name: str, directory: Path | None, device: torch.device, stamp: tuple) -> Pretrained:
+def _load_cached(name: str, directory: Path, device: torch.device, stamp: tuple) -> Pretrained:
     return load(name, device=device, directory=directory)  # stamp: only part of the cache key
 
 
-def _stamp(name: str, directory: Path | None) -> tuple:
+def _stamp(name: str, directory: Path) -> tuple:
     """Which version of the checkpoint's two files is on disk: `save` replaces each file by a new one (a new inode,
     a new modification time), so a retrained checkpoint gets a new cache entry."""
     try:
-        return tuple((p.stat().st_ino, p.stat().st_mtime_ns) for p in _paths(name, directory))
+        return tuple((s.st_ino, s.st_mtime_ns, s.st_size) for s in (p.stat() for p in _paths(name, directory)))
     except OSError:
         return ()  # missing: `load` raises the error that names the retrain command
+
+
+def _cache_device(device) -> torch.device:
+    """One spelling per device, so "cuda" and "cuda:0" share a cache entry."""
+    device = course_lib.device(device)
+    if device.type == "cuda" and device.index is None:
+        device = torch.device("cuda", torch.cuda.current_device())
+    return device
 
 
 def load_checkpoint(model="shapes32-t2i", device=None, directory=None) -> Pretrained:
@@ -183,60 +196,46 @@ def load_checkpoint(model="shapes32-t2i", device=None, directory=None) -> Pretra
     """
     if isinstance(model, Pretrained):
         return model
-    directory = Path(directory).resolve() if directory is not None else None
-    return _load_cached(model, directory, course_lib.device(device), _stamp(model, directory))
+    directory = (Path(directory) if directory is not None else CHECKPOINT_DIR).resolve()
+    return _load_cached(model, directory, _cache_device(device), _stamp(model, directory))
 
 
-def _named(p, key: str):
-    """The checkpoint name a Pretrained's JSON gives under `key` (None if none), or `p` itself if it is a name."""
-    return p.meta.get(key) if isinstance(p, Pretrained) else p
+def load_model(p, cls: type, device=None, directory=None, *, key: str | None = None):
+    """The model of checkpoint `p` (eval mode), loaded once and checked to be a `cls`.
 
-
-def _device_for(p, device) -> torch.device:
-    if device is not None or not isinstance(p, Pretrained):
-        return course_lib.device(device)
-    return course_lib.device_of(p.model)  # the helper goes where the model that names it is
+    p: a checkpoint name, or a loaded Pretrained whose JSON names the checkpoint under `key` (its "text_encoder",
+    its "vae"), loaded from the same `directory` onto that model's device; None if its JSON names none.
+    """
+    name = p.meta.get(key) if isinstance(p, Pretrained) else p
+    if name is None:
+        return None
+    if device is None and isinstance(p, Pretrained):
+        device = course_lib.device_of(p.model)  # the helper goes where the model that names it is
+    model = load_checkpoint(name, device, directory).model
+    if not isinstance(model, cls):
+        raise CheckpointError(f"checkpoint {name!r} holds a {type(model).__name__}, not a {cls.__name__}; pick a "
+                              f"{cls.__name__} checkpoint")
+    return model
 
 
 def load_text_encoder(p="shapes-clip", device=None, directory=None):
-    """The frozen text encoder (models.clip.TextEncoder) of a CLIP checkpoint, loaded once.
+    """The frozen text encoder (models.clip.TextEncoder) of a CLIP checkpoint, or of the one `p`'s JSON names."""
+    from open_clip import CLIP  # open_clip is slow to import: only text models need it
 
-    p: a CLIP checkpoint name, or a loaded text-to-image Pretrained: then the CLIP its JSON names
-    ("text_encoder"), from the same `directory`, on the model's device; None if the JSON names none.
-    """
-    name = _named(p, "text_encoder")
-    if name is None:
-        return None
-    clip = load_checkpoint(name, _device_for(p, device), directory).model
-    if getattr(clip, "kind", None) != "open_clip":
-        raise CheckpointError(f"checkpoint {name!r} is a {type(clip).__name__}, not a CLIP; a text encoder comes "
-                              f"from a CLIP checkpoint such as 'shapes-clip'")
-    return _text_encoder_of(clip)
+    clip = load_model(p, CLIP, device, directory, key="text_encoder")
+    return None if clip is None else _text_encoder_of(clip)
 
 
 @functools.lru_cache(maxsize=4)
 def _text_encoder_of(clip: nn.Module):
-    from course_lib.models.clip import TextEncoder  # open_clip is slow to import: only text models need it
+    from course_lib.models.clip import TextEncoder
 
     return TextEncoder(clip)
 
 
 def load_vae(p="shapes64-vae", device=None, directory=None):
-    """The VAE of a VAE checkpoint (eval mode), loaded once.
-
-    p: a VAE checkpoint name, or a loaded latent-diffusion Pretrained: then the VAE its JSON names ("vae"), from
-    the same `directory`, on the model's device; None if the JSON names none (a pixel-space model).
-    """
-    from course_lib.models import VAE
-
-    name = _named(p, "vae")
-    if name is None:
-        return None
-    vae = load_checkpoint(name, _device_for(p, device), directory).model
-    if not isinstance(vae, VAE):
-        raise CheckpointError(f"checkpoint {name!r} holds a {type(vae).__name__}, not a VAE; pick a VAE checkpoint "
-                              f"such as 'shapes64-vae'")
-    return vae
+    """The VAE (eval mode) of a VAE checkpoint, or of the one a latent model's JSON names; None for pixel models."""
+    return load_model(p, VAE, device, directory, key="vae")
 
 
 def sample_shape(p: Pretrained) -> tuple[int, int, int]:

@@ -43,13 +43,6 @@ def _grid_png(images: torch.Tensor, nrow: int, scale: int) -> bytes:
     return png_bytes(grid(images, nrow=nrow), scale=scale)
 
 
-@torch.no_grad()
-def encode_captions(encoder, captions: list[str], batch_size: int = 1024) -> tuple[torch.Tensor, torch.Tensor]:
-    """Token embeddings (N, L, D) and masks (N, L) of every caption, computed once before training."""
-    parts = [encoder(captions[i:i + batch_size]) for i in range(0, len(captions), batch_size)]
-    return torch.cat([p[0] for p in parts]), torch.cat([p[1] for p in parts])
-
-
 #################################################################################
 #                      Denoising: the diffusion models                          #
 #################################################################################
@@ -75,7 +68,7 @@ class Denoising:
         if self.text_encoder is None:
             return Prepared(TensorBatches(x0), EpsilonLoss(schedule, self.cond_drop_prob), context)
         encoder = pretrained.load_text_encoder(self.text_encoder, device=device)
-        tokens, mask = encode_captions(encoder, data.shapes().captions())  # (N, L, D), (N, L): once
+        tokens, mask = encoder(data.shapes().captions())  # (N, L, D), (N, L): every caption, once
         empty_tokens, empty_mask = encoder("")  # a dropped caption becomes the empty prompt: the unconditional input
         loss_fn = EpsilonLoss(schedule, self.cond_drop_prob, (empty_tokens[0], empty_mask[0]))
         return Prepared(TensorBatches(x0, tokens, mask), loss_fn, {**context, "encoder": encoder})
@@ -146,7 +139,8 @@ class Autoencoding:
         """Sets model.config.scaling_factor (measured on 2048 training images), then PSNR on fresh renders."""
         measure_scaling_factor(model, prepared.context["images"][:2048])
         images = ShapesDataset(size=data.size, n=self.eval_n, seed=self.eval_seed).images()
-        z = model.encode(images[:1].to(device_of(model))).mode()
+        with torch.no_grad():
+            z = model.encode(images[:1].to(device_of(model))).mode()
         return {"metrics": {"psnr_db": round(psnr(reconstruct(model, images), images), 2),
                             "compression": images[0].numel() / z[0].numel(),  # 64*64*3 / (8*8*4) = 48
                             "eval": f"{self.eval_n} fresh renders, seed {self.eval_seed}",
@@ -205,6 +199,3 @@ class Contrastive:
 
     def preview(self, model, data: DataSpec, prepared: Prepared) -> None:
         return None
-
-
-TASKS = (Denoising, Autoencoding, Classification, Contrastive)

@@ -8,11 +8,11 @@ stays the global batch (README: "Training on more GPUs").
 Every recipe, whatever its model, goes through `run`: build the model, let its task prepare data and objective,
 train with `course_lib.training.train` (resuming from `<out>/<name>.train.safetensors` if a previous run was
 interrupted), let the task record its metrics, save the weights with `course_lib.pretrained.save` and the JSON
-written by `provenance`, and the task's preview `<name>.png` if it has one.
+written by `provenance`, the task's preview `<name>.png` if it has one, and finally measure the recipe's quality
+floor on the saved checkpoint and add it to the JSON ("quality_floor").
 """
 from __future__ import annotations
 
-import copy
 import dataclasses
 import shlex
 import sys
@@ -23,7 +23,7 @@ import torch
 import course_lib
 from course_lib import distributed, floors, pretrained
 from course_lib.recipes import RECIPES, Recipe, get_recipe
-from course_lib.training import TrainConfig, TrainResult, train
+from course_lib.training import TrainConfig, TrainResult, saved_train_config, time_steps, train
 
 SAFETY = 0.8  # fraction of the probed throughput that --time-budget plans with
 
@@ -50,11 +50,7 @@ def fitting_steps(model, loss_fn, data, config: TrainConfig, seconds: float, *, 
     5-minute run then averaged 20), rounded down to a multiple of 100, at least config.warmup + 100. Under
     torchrun every rank probes together and all use rank 0's count.
     """
-    probe = dataclasses.replace(config, steps=10, warmup=0, ckpt_every=0)
-    # warm-up first: cuDNN autotuning, allocator, lazy initialisation
-    train(copy.deepcopy(model), copy.deepcopy(loss_fn), data, probe, device=device, progress=False)
-    timed = train(copy.deepcopy(model), copy.deepcopy(loss_fn), data, dataclasses.replace(probe, steps=40),
-                  device=device, progress=False)
+    timed = time_steps(model, loss_fn, data, config, steps=40, warmup_steps=10, device=device)
     steps = distributed.broadcast(int(SAFETY * seconds * 40 / timed.seconds) // 100 * 100)
     if distributed.rank() == 0:
         print(f"time budget {seconds:.0f} s at {40 / timed.seconds:.1f} steps/s -> {steps} steps")
@@ -123,11 +119,13 @@ def run(recipe: Recipe, *, out=None, steps=None, batch_size=None, device=None, c
         if lead:
             print(f"initialised from {recipe.init_from}; {len(added)} new tensors keep their fresh init")
     prepared = recipe.task.prepare(recipe.data, device)
+    state_path = out / f"{recipe.name}.train.safetensors"  # resumable training state, removed on success
     if time_budget is not None:
-        fit = fitting_steps(model, prepared.loss_fn, prepared.data, config, time_budget, device=device)
+        saved = saved_train_config(state_path)  # an interrupted budgeted run finishes the steps it planned
+        fit = saved["steps"] if saved is not None else \
+            fitting_steps(model, prepared.loss_fn, prepared.data, config, time_budget, device=device)
         config = dataclasses.replace(config, steps=min(fit, steps) if steps is not None else fit)
         command = _command_with_steps(command, config.steps)
-    state_path = out / f"{recipe.name}.train.safetensors"  # resumable training state, removed on success
     if lead:
         print(f"training {recipe.name}: {sum(p.numel() for p in model.parameters()) / 1e6:.2f}M parameters, "
               f"{config.steps} steps x {config.batch_size} on {distributed.world_size()} x "
@@ -148,8 +146,8 @@ def run(recipe: Recipe, *, out=None, steps=None, batch_size=None, device=None, c
     state_path.unlink(missing_ok=True)
     print(f"saved {weights} (+ .json{', .png' if preview else ''}); final loss {meta['final_loss']:.4f}; "
           f"{result.images_per_s:.0f} images/s on {meta['metrics']['device']}; metrics {fields.get('metrics', {})}")
-    if recipe.floor is not None:  # measured on the checkpoint as users load it (fp16 weights from disk)
-        saved = pretrained.load(recipe.name, device=device, directory=out)
+    if recipe.floor is not None:  # measured as the tests measure it: on the CPU, on the fp16 weights from disk
+        saved = pretrained.load(recipe.name, device="cpu", directory=out)
         quality = floors.record(saved, recipe.floor)
         pretrained.annotate(recipe.name, {"quality_floor": quality}, directory=out)
         print(f"quality floor: {recipe.floor.describe(quality['measured'])}")
@@ -186,15 +184,16 @@ def main(argv: list[str] | None = None) -> None:
         recipe = get_recipe(args.recipe)
     except ValueError as e:
         parser.error(str(e))
-    for name in ("steps", "batch_size"):
-        if getattr(args, name) is not None and getattr(args, name) < 1:
-            parser.error(f"--{name.replace('_', '-')} must be >= 1, got {getattr(args, name)}")
     if args.time_budget is not None and not 0 < args.time_budget < float("inf"):
         parser.error(f"--time-budget must be a number of seconds > 0, got {args.time_budget}")
     try:
-        device = distributed.setup(args.device)  # the one device parser; joins torchrun's group if there is one
+        device = course_lib.device(args.device)  # the one device parser: typos, and cuda/mps where there is none
     except ValueError as e:
         parser.error(f"--device: {e}")
+    try:
+        device = distributed.setup(device)  # joins torchrun's process group when there is one
+    except (ValueError, RuntimeError) as e:
+        parser.error(f"torchrun: {e}")
     try:
         run(recipe, out=args.out, steps=args.steps, batch_size=args.batch_size, device=device,
             command=_command(argv), time_budget=args.time_budget)

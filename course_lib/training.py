@@ -12,9 +12,9 @@ uninterrupted run), and data parallelism over the processes torchrun starts (cou
 from __future__ import annotations
 
 import copy
+import dataclasses
 import json
 import math
-import os
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -29,7 +29,7 @@ from tqdm.auto import tqdm
 import course_lib
 from course_lib import distributed
 from course_lib.batches import TensorBatches
-from course_lib.pretrained import CheckpointError, check_state_matches
+from course_lib.pretrained import CheckpointError, check_state_matches, write_atomic
 
 _STATE_FORMAT = "course_lib.train_state/2"
 _RESUMABLE_CHANGES = ("ckpt_every", "log_every")  # config fields a resumed run may change: they alter no number
@@ -40,7 +40,7 @@ class TrainConfig:
     """Hyper-parameters of one training run; every model's recipe fills in its own (course_lib.recipes)."""
 
     steps: int = 1000  # optimizer steps in total (a resumed run continues up to this number)
-    batch_size: int = 64  # examples per step, drawn with replacement; under torchrun the global batch
+    batch_size: int = 64  # examples per step (as the data source draws them); under torchrun the global batch
     lr: float = 2e-4  # peak AdamW learning rate (DDPM used 2e-4 on CIFAR-10)
     weight_decay: float = 0.0  # AdamW decoupled weight decay, on weight matrices and kernels only (not on biases,
     #                            normalisation gains or scalars, as nanoGPT and open_clip do)
@@ -56,8 +56,9 @@ class TrainConfig:
 
     def __post_init__(self):
         self.betas = tuple(float(b) for b in self.betas)  # JSON round trips give lists
-        if min(self.steps, self.batch_size, self.log_every) < 1 or self.ckpt_every < 0 or self.warmup < 0:
-            raise ValueError("steps, batch_size and log_every must be >= 1; ckpt_every and warmup >= 0")
+        for name, least in (("steps", 1), ("batch_size", 1), ("log_every", 1), ("ckpt_every", 0), ("warmup", 0)):
+            if getattr(self, name) < least:
+                raise ValueError(f"{name} must be >= {least}, got {getattr(self, name)}")
         if self.lr_schedule not in ("constant", "cosine"):
             raise ValueError(f"lr_schedule must be 'constant' or 'cosine', got {self.lr_schedule!r}")
         if not self.lr > 0 or self.weight_decay < 0 or self.grad_clip < 0 or not self.eps > 0:
@@ -155,9 +156,11 @@ def train(model: nn.Module, loss_fn, data, config: TrainConfig, *, ckpt_path=Non
     generator = torch.Generator(device=device)
     data_generator = generator if world == 1 else torch.Generator(device=device)
     seed = config.seed if world == 1 else config.seed + 100_003 * (rank + 1)
-    rng_devices = [device.index or 0] if device.type == "cuda" else []
-    # fork_rng: seed (and restore) the global RNG that dropout uses, without leaking into the caller's RNG.
-    with torch.random.fork_rng(devices=rng_devices):
+    # fork_rng: seed (and restore) the global RNG that dropout uses, without leaking into the caller's RNG. It
+    # saves every device torch.manual_seed reseeds: the CPU and each GPU (or the MPS device) there is.
+    accelerator = torch.accelerator.current_accelerator()
+    rng_devices = range(torch.get_device_module(accelerator).device_count()) if accelerator is not None else []
+    with torch.random.fork_rng(devices=rng_devices, device_type=accelerator.type if accelerator else None):
         generator.manual_seed(seed)
         data_generator.manual_seed(config.seed)
         torch.manual_seed(seed)
@@ -189,6 +192,16 @@ def train(model: nn.Module, loss_fn, data, config: TrainConfig, *, ckpt_path=Non
     model.eval()
     images_per_s = (step - start_step) * config.batch_size / seconds if step > start_step else 0.0
     return TrainResult(model, ema, history, components, step, start_step, seconds, images_per_s, world)
+
+
+def time_steps(model: nn.Module, loss_fn, data, config: TrainConfig, *, steps: int, warmup_steps: int,
+               device=None) -> TrainResult:
+    """Train throwaway copies: `warmup_steps` untimed (kernel autotuning, the allocator, lazy initialisation), then
+    `steps` timed. What --time-budget plans with and `bench train` reports; `model` itself is left untouched."""
+    probe = dataclasses.replace(config, steps=warmup_steps, warmup=0, ckpt_every=0)
+    train(copy.deepcopy(model), copy.deepcopy(loss_fn), data, probe, device=device, progress=False)
+    return train(copy.deepcopy(model), copy.deepcopy(loss_fn), data, dataclasses.replace(probe, steps=steps),
+                 device=device, progress=False)
 
 
 def train_step(net, model, ema, optimizer, loss_fn, batch, config, step, generator) -> dict[str, torch.Tensor]:
@@ -253,12 +266,23 @@ def save_train_state(path, model, ema, optimizer, rngs, step, history, component
     tensors = {k: v.detach().cpu().contiguous() for k, v in tensors.items()}
     metadata = {"format": _STATE_FORMAT, "step": str(step), "history": json.dumps(history),
                 "components": json.dumps(components), "train_config": json.dumps(asdict(config)),
-                "world_size": str(len(every_rank))}
+                "world_size": str(len(every_rank)), "device_type": generator.device.type}
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")  # same directory, so os.replace is an atomic rename
-    save_file(tensors, str(tmp), metadata=metadata)
-    os.replace(tmp, path)
+    write_atomic(path, lambda tmp: save_file(tensors, str(tmp), metadata=metadata))
+
+
+def saved_train_config(path) -> dict | None:
+    """The TrainConfig (as a dict) a training-state file of this course_lib was written with; None if none."""
+    path = Path(path)
+    if not path.exists():
+        return None
+    try:
+        with safe_open(str(path), framework="pt") as f:
+            metadata = f.metadata() or {}
+        return json.loads(metadata["train_config"]) if metadata.get("format") == _STATE_FORMAT else None
+    except (SafetensorError, OSError, ValueError, KeyError):
+        return None  # load_train_state says what is wrong with the file
 
 
 def load_train_state(path, model, ema, optimizer, rngs, config, device) -> tuple[int, list[float], dict]:
@@ -272,15 +296,24 @@ def load_train_state(path, model, ema, optimizer, rngs, config, device) -> tuple
     try:
         with safe_open(str(path), framework="pt") as f:
             metadata = f.metadata() or {}
+    except (SafetensorError, OSError) as e:
+        raise CheckpointError(f"cannot read training checkpoint {path} ({type(e).__name__}: {e}); {hint}") from e
+    found = metadata.get("format")
+    if found != _STATE_FORMAT:
+        what = "an older course_lib's training state" if str(found).startswith("course_lib.train_state") else \
+            "not a training state (a model's weights, perhaps)"
+        raise CheckpointError(f"{path} is {what}, so training cannot resume from it; pass a ckpt_path that does not "
+                              f"exist yet to start over" + (f", or delete {path}" if found else ""))
+    try:
         tensors = load_file(str(path))
         step, history = int(metadata["step"]), json.loads(metadata["history"])
         components, saved = json.loads(metadata["components"]), json.loads(metadata["train_config"])
-        world = int(metadata["world_size"])
+        world, device_type = int(metadata["world_size"]), metadata["device_type"]
     except (SafetensorError, OSError, ValueError, KeyError) as e:
         raise CheckpointError(f"cannot read training checkpoint {path} ({type(e).__name__}: {e}); {hint}") from e
-    if metadata.get("format") != _STATE_FORMAT:
-        raise CheckpointError(f"{path} is not a training checkpoint of this course_lib ({metadata.get('format')}); "
-                              f"{hint}")
+    if device_type != device.type:
+        raise CheckpointError(f"{path} was written on {device_type}, this run trains on {device.type}: the random "
+                              f"states differ between them; resume with --device {device_type}, or {hint}")
     changed = {k: (saved.get(k), v) for k, v in json.loads(json.dumps(asdict(config))).items()
                if k not in _RESUMABLE_CHANGES and saved.get(k) != v}
     if changed:

@@ -11,7 +11,7 @@ from course_lib.losses import ClassifierLoss, augment, blur3x3, classification_l
 from course_lib.metrics import CLASSIFIER_NAME, classifier_accuracy, load_classifier
 from course_lib.models import unet_tiny
 from course_lib.models.classifier import ClassifierConfig, ShapesClassifier, shapes_classifier
-from course_lib.pretrained import CheckpointNotFoundError
+from course_lib.pretrained import CheckpointError, CheckpointNotFoundError
 from course_lib.tasks import Classification
 from course_lib.training import TrainConfig, train
 
@@ -142,5 +142,5 @@ def test_load_classifier_errors(tmp_path):
     with pytest.raises(CheckpointNotFoundError, match="python -m course_lib.train shapes-classifier"):
         load_classifier(directory=tmp_path)
     pretrained.save("tiny", unet_tiny(), schedule_name="linear", directory=tmp_path)
-    with pytest.raises(ValueError, match="holds a UNet, not a ShapesClassifier"):
+    with pytest.raises(CheckpointError, match="holds a UNet, not a ShapesClassifier; pick a ShapesClassifier"):
         load_classifier("tiny", device="cpu", directory=tmp_path)

@@ -248,7 +248,7 @@ def test_missing_and_corrupt_checkpoints_name_the_retrain_command(tmp_path, tiny
         pretrained.load("shapes-clip", directory=tmp_path)
     pretrained.save("shapes-clip", tiny, schedule_name=None, directory=tmp_path)
     pretrained.save("tiny-unet", unet_tiny(), schedule_name="linear", directory=tmp_path)
-    with pytest.raises(CheckpointError, match="'tiny-unet' is a UNet, not a CLIP"):
+    with pytest.raises(CheckpointError, match="'tiny-unet' holds a UNet, not a CLIP"):
         pretrained.load_text_encoder("tiny-unet", device="cpu", directory=tmp_path)
     weights = tmp_path / "shapes-clip.safetensors"
     weights.write_bytes(weights.read_bytes()[:1000])  # truncated

@@ -174,3 +174,11 @@ def test_readme_torchrun_command_trains_and_records_the_world_size(tmp_path):
     assert meta["command"].startswith("torchrun --nproc_per_node=2 -m course_lib.train toy2d-mlp")
     assert sorted(p.name for p in tmp_path.iterdir() if p.name.startswith("toy2d")) == \
         ["toy2d-mlp.json", "toy2d-mlp.png", "toy2d-mlp.safetensors"]  # rank 0 alone wrote, and cleaned up
+
+
+def test_a_world_without_torchrun_variables_is_refused_with_the_launch_command(monkeypatch):
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    for name in ("RANK", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT"):
+        monkeypatch.delenv(name, raising=False)
+    with pytest.raises(ValueError, match="RANK, LOCAL_RANK, MASTER_ADDR, MASTER_PORT is not set.*torchrun --nproc"):
+        distributed.setup("cpu")

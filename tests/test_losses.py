@@ -148,3 +148,19 @@ def test_contrastive_loss_of_two_pairs_is_the_two_way_cross_entropy():
     expected = (nn.functional.cross_entropy(logits, labels) + nn.functional.cross_entropy(logits.T, labels)) / 2
     torch.testing.assert_close(loss, expected)
     assert math.isfinite(loss.item())
+
+
+def test_random_helpers_fall_back_to_the_global_rng_without_a_generator():
+    cond, mask = torch.randn(8, 3, 2), torch.ones(8, 3, dtype=torch.bool)
+    torch.manual_seed(0)
+    first = drop_captions(cond, mask, 0.5, None)[1]
+    torch.manual_seed(0)
+    assert torch.equal(drop_captions(cond, mask, 0.5, None)[1], first)
+    x = torch.zeros(4, 3, 5, 5)
+    torch.manual_seed(0)
+    assert augment(x, None, noise_std=0.1, blur_prob=0.5).shape == x.shape
+
+
+def test_eps_loss_says_what_a_batch_must_hold():
+    with pytest.raises(ValueError, match=r"x0, or \(x0, cond tokens, cond mask\); got 2 tensors"):
+        EpsilonLoss(NoiseSchedule.linear())(mlp_2d(), (torch.randn(2, 2), torch.randn(2, 3, 4)), torch.Generator())

@@ -170,3 +170,19 @@ def test_load_checkpoint_is_cached_until_the_checkpoint_is_retrained(tmp_path):
     assert second is not first
     for key, value in retrained.state_dict().items():
         torch.testing.assert_close(second.model.state_dict()[key], value.half().float())
+
+
+def test_annotate_adds_fields_and_names_the_retrain_command_when_it_cannot(tmp_path):
+    save("tiny", unet_tiny(), schedule_name="linear", directory=tmp_path)
+    pretrained.annotate("tiny", {"quality_floor": {"measured": 1.0}}, directory=tmp_path)
+    assert load("tiny", device="cpu", directory=tmp_path).meta["quality_floor"] == {"measured": 1.0}
+    with pytest.raises(CheckpointNotFoundError, match="python -m course_lib.train other"):
+        pretrained.annotate("other", {}, directory=tmp_path)
+    (tmp_path / "tiny.json").write_text("{not json")
+    with pytest.raises(CheckpointError, match="cannot read .*tiny.json.*python -m course_lib.train tiny"):
+        pretrained.annotate("tiny", {}, directory=tmp_path)
+
+
+def test_the_default_directory_and_its_path_share_one_cache_entry():
+    assert pretrained.load_checkpoint("shapes32-unet", device="cpu") is \
+        pretrained.load_checkpoint("shapes32-unet", device="cpu", directory=pretrained.CHECKPOINT_DIR)

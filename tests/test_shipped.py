@@ -44,6 +44,14 @@ def test_noise_weights_fall_below_the_floor(name):
     assert not floor.met_by(value), f"{name} with noise weights: {floor.describe(value)}"
 
 
+def test_floor_names_missing_settings():
+    from course_lib.models import ClassifierConfig, ShapesClassifier
+
+    p = pretrained.Pretrained(ShapesClassifier(ClassifierConfig()), None, {})
+    with pytest.raises(ValueError, match="needs the settings n, size, seed; size missing"):
+        floors.measure(p, floors.Floor("accuracy", 0.9, dict(n=4, seed=1)))
+
+
 def test_floor_describes_its_verdict_and_rejects_unknown_metrics():
     assert floors.Floor("psnr_db", 28.0).describe(30.0) == "psnr_db 30 meets its floor (>= 28)"
     assert floors.Floor("frechet_distance", 300.0).describe(400.0) == "frechet_distance 400 FAILS its floor (<= 300)"

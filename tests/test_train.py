@@ -107,8 +107,8 @@ def test_train_cli_writes_a_loadable_checkpoint_and_preview(tmp_path, capsys):
     (["no-such-recipe"], "valid recipes: shapes32-unet, shapes32-t2i, shapes64-t2i, shapes64-latent-t2i, toy2d-mlp, "
                          "shapes64-vae, shapes-classifier, shapes-clip"),
     (["toy2d-mlp", "--device", "gpu0"], "--device: device 'gpu0' is not a device; use one of 'cpu', 'cuda'"),
-    (["toy2d-mlp", "--steps", "0"], "--steps must be >= 1"),
-    (["toy2d-mlp", "--batch-size", "-2"], "--batch-size must be >= 1"),
+    (["toy2d-mlp", "--steps", "0"], "steps must be >= 1, got 0"),
+    (["toy2d-mlp", "--batch-size", "-2"], "batch_size must be >= 1, got -2"),
     (["toy2d-mlp", "--time-budget", "0"], "--time-budget must be a number of seconds > 0"),
     (["toy2d-mlp", "--time-budget", "-5"], "--time-budget must be a number of seconds > 0"),
     (["toy2d-mlp", "--time-budget", "nan"], "--time-budget must be a number of seconds > 0"),
@@ -116,7 +116,9 @@ def test_train_cli_writes_a_loadable_checkpoint_and_preview(tmp_path, capsys):
     (["toy2d-mlp", "--time", "60"], "--time"),  # abbreviations would survive into the recorded command
 ])
 def test_train_cli_errors_exit_2_before_training(args, message, capsys, monkeypatch):
-    monkeypatch.setattr(train_mod, "run", lambda *a, **k: pytest.fail("must not train"))
+    monkeypatch.setattr(train_mod, "train", lambda *a, **k: pytest.fail("must not train"))
+    monkeypatch.setattr(train_mod, "fitting_steps", lambda *a, **k: pytest.fail("must not probe"))
+    monkeypatch.setattr(train_mod.pretrained, "save", lambda *a, **k: pytest.fail("must not write"))
     with pytest.raises(SystemExit) as exit_info:
         train_mod.main(args)
     assert exit_info.value.code == 2
@@ -190,7 +192,9 @@ def test_fitting_steps_plans_with_safety_margin(monkeypatch):
         calls.append((m, c))
         return type("Result", (), {"seconds": 2.0})()  # 40 steps in 2 s: 20 steps/s
 
-    monkeypatch.setattr(train_mod, "train", fake_train)
+    from course_lib import training
+
+    monkeypatch.setattr(training, "train", fake_train)  # what time_steps calls
     assert train_mod.SAFETY == 0.8
     assert train_mod.fitting_steps(model, loss_fn, data, config, 100.0) == 1600  # 0.8 * 100 s * 20 steps/s
     assert train_mod.fitting_steps(model, loss_fn, data, config, 106.0) == 1600  # 1696 rounds down
@@ -277,3 +281,26 @@ def test_run_saves_the_ema_weights_not_the_last_steps(tmp_path, monkeypatch):
     ema, raw = result.ema.state_dict(), result.model.state_dict()
     assert all(torch.equal(value, ema[key].half()) for key, value in saved.items())
     assert not all(torch.equal(value, raw[key].half()) for key, value in saved.items())  # and that is not raw
+
+
+def test_an_interrupted_time_budget_run_resumes_the_steps_it_planned(tmp_path, monkeypatch):
+    """A second probe would plan another step count, which the saved state would refuse: there is none."""
+    recipe = tiny("toy2d-mlp", steps=3000, ckpt_every=50)
+
+    class Stop(Exception):
+        pass
+
+    def stop_after_step_60(step, history):
+        if step == 60:
+            raise Stop
+
+    monkeypatch.setattr(train_mod, "fitting_steps", lambda *a, **k: 200)  # the first run's plan: 200 steps
+    monkeypatch.setattr(train_mod, "train", functools.partial(train_mod.train, callback=stop_after_step_60))
+    with pytest.raises(Stop):
+        train_mod.run(recipe, out=tmp_path, device="cpu", progress=False, time_budget=60.0)
+    monkeypatch.undo()
+    monkeypatch.setattr(train_mod, "fitting_steps", lambda *a, **k: pytest.fail("must not probe again"))
+    train_mod.run(recipe, out=tmp_path, device="cpu", progress=False, time_budget=60.0,
+                  command="python -m course_lib.train toy2d-mlp --time-budget 60")
+    meta = json.loads((tmp_path / "toy2d-mlp.json").read_text())
+    assert meta["steps"] == 200 and meta["command"] == "python -m course_lib.train toy2d-mlp --steps 200"

@@ -92,7 +92,8 @@ def test_learning_rate_warmup_then_cosine():
 
 
 @pytest.mark.parametrize("kwargs, message", [
-    (dict(steps=0), "steps, batch_size and log_every must be >= 1"), (dict(lr=0.0), "lr and eps must be > 0"),
+    (dict(steps=0), "steps must be >= 1, got 0"), (dict(warmup=-1), "warmup must be >= 0, got -1"),
+    (dict(lr=0.0), "lr and eps must be > 0"),
     (dict(betas=(0.9, 1.0)), "betas must be two numbers"), (dict(ema_decay=1.0), "ema_decay must be in"),
     (dict(grad_clip=-1.0), "grad_clip >= 0"),
 ])
@@ -296,3 +297,24 @@ def test_ema_copies_buffers_and_averages_parameters():
     update_ema(ema, model, 0.75)
     torch.testing.assert_close(ema.weight, torch.full((3,), 0.75 * 1.0 + 0.25 * 2.0))  # decay * ema + (1 - decay) * w
     assert torch.equal(ema.running_mean, model.running_mean)  # buffers are copied, not averaged
+
+
+def test_resume_names_what_the_file_is_when_it_is_no_training_state(tmp_path):
+    from safetensors.torch import save_file
+
+    model, loss_fn, data, config = make_run(steps=5)
+    weights = tmp_path / "weights.safetensors"  # a model's weights passed as ckpt_path by mistake
+    save_file({k: v.contiguous() for k, v in model.state_dict().items()}, str(weights))
+    with pytest.raises(CheckpointError, match="not a training state .*a model's weights.*does not exist yet") as err:
+        train(model, loss_fn, data, config, ckpt_path=weights, device="cpu", progress=False)
+    assert "delete" not in str(err.value)  # never advise deleting what may be someone's trained weights
+    state = tmp_path / "state.safetensors"
+    train(make_run(steps=5)[0], loss_fn, data, config, ckpt_path=state, device="cpu", progress=False)
+    with safe_open(str(state), framework="pt") as f:
+        metadata, tensors = f.metadata(), {k: f.get_tensor(k) for k in f.keys()}
+    save_file(tensors, str(state), metadata={**metadata, "device_type": "cuda"})  # as if written on a GPU
+    with pytest.raises(CheckpointError, match="written on cuda, this run trains on cpu.*--device cuda"):
+        train(make_run(steps=5)[0], loss_fn, data, config, ckpt_path=state, device="cpu", progress=False)
+    save_file(tensors, str(state), metadata={**metadata, "format": "course_lib.train_state/1"})
+    with pytest.raises(CheckpointError, match="an older course_lib's training state.*or delete"):
+        train(make_run(steps=5)[0], loss_fn, data, config, ckpt_path=state, device="cpu", progress=False)

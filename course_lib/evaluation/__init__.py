@@ -1,8 +1,9 @@
 """Sweeps: measure what a setting does across its range, one row per value; the tables the notebooks show.
 
 sweeps   cfg_sweep (chapter 3), steps_sweep (chapter 2), pixel_vs_latent and kl_sweep (chapter 4)
-cli      `python -m course_lib.evaluation {cfg,steps,pixel-vs-latent,kl}`: the same sweeps at full size;
-         pixel-vs-latent and kl write the JSON files in data/ that the notebooks read
+cli      `python -m course_lib.evaluation {cfg,steps,pixel-vs-latent,kl,floors}`: the same sweeps at full size;
+         pixel-vs-latent and kl write the JSON files in data/ that the notebooks read; floors measures every
+         shipped checkpoint against its quality floor (course_lib.floors)
 
 The numbers themselves, and the prompts they test on, come from course_lib.metrics; the timings from
 course_lib.bench.

@@ -24,8 +24,7 @@ from course_lib.latent import decode_latents, encode_latents
 from course_lib.losses import VAELoss
 from course_lib.metrics import attribute_accuracy, decode_gflops, frechet_distance, gflops_per_step, graininess, \
     load_classifier, prompt_accuracy, psnr, saturation
-from course_lib.metrics.prompts import REFERENCE_SEED, Prompt, _check_int, _check_prompts, fresh_prompts, \
-    reference_renders
+from course_lib.metrics.prompts import REFERENCE_SEED, _check_int, _check_prompts, fresh_prompts, reference_renders
 from course_lib.recipes import get_recipe
 from course_lib.samplers import get_sampler, make_timesteps
 from course_lib.training import train

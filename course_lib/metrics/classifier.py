@@ -145,8 +145,5 @@ def classifier_accuracy(model: ShapesClassifier, images: torch.Tensor, attrs: li
 
 
 def load_classifier(name: str = CLASSIFIER_NAME, device=None, directory=None) -> ShapesClassifier:
-    """The shipped shapes classifier (eval mode), loaded once per device with `pretrained.load_checkpoint`."""
-    model = pretrained.load_checkpoint(name, device=device, directory=directory).model
-    if not isinstance(model, ShapesClassifier):
-        raise ValueError(f"checkpoint {name!r} holds a {type(model).__name__}, not a ShapesClassifier")
-    return model
+    """The shipped shapes classifier (eval mode), loaded once per device (`pretrained.load_model`)."""
+    return pretrained.load_model(name, ShapesClassifier, device, directory)

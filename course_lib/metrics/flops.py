@@ -11,6 +11,7 @@ import torch
 from torch.nn.attention import SDPBackend, sdpa_kernel
 from torch.utils.flop_counter import FlopCounterMode
 
+import course_lib
 from course_lib import pretrained
 from course_lib.latent import latent_decoder
 
@@ -29,20 +30,21 @@ def gflops_per_step(model="shapes64-latent-t2i", *, guided: bool = True, directo
     model: a checkpoint name or a loaded Pretrained. An unconditional checkpoint has nothing to guide: one plain
     call, whatever `guided` says.
     """
-    p = pretrained.load_checkpoint(model, "cpu", directory)
-    encoder = pretrained.load_text_encoder(p, "cpu", directory)
+    p = pretrained.load_checkpoint(model, "cpu", directory)  # (a loaded Pretrained stays on its device)
+    device = course_lib.device_of(p.model)
+    encoder = pretrained.load_text_encoder(p, device, directory)
     batch = 2 if guided and encoder is not None else 1
     tokens, mask = encoder(["a red circle"] * batch) if encoder is not None else (None, None)
-    x = torch.zeros(batch, *pretrained.sample_shape(p))  # (batch, C, H, W): the sampler's space
-    t = torch.full((batch,), 500)
+    x = torch.zeros(batch, *pretrained.sample_shape(p), device=device)  # (batch, C, H, W): the sampler's space
+    t = torch.full((batch,), 500, device=device)
     return count_flops(lambda: p.model(x, t, cond=tokens, cond_mask=mask)) / 1e9
 
 
 def decode_gflops(model="shapes64-latent-t2i", *, directory=None) -> float:
     """GFLOPs of turning one sample into an image: the VAE decode for a latent model, 0 for a pixel model."""
-    p = pretrained.load_checkpoint(model, "cpu", directory)
-    decode = latent_decoder(p, "cpu", directory)
+    p = pretrained.load_checkpoint(model, "cpu", directory)  # (a loaded Pretrained stays on its device)
+    decode = latent_decoder(p, directory=directory)  # on the model's device
     if decode is None:
         return 0.0
-    z = torch.zeros(1, *pretrained.sample_shape(p))  # (1, 4, h, w)
+    z = torch.zeros(1, *pretrained.sample_shape(p))  # (1, 4, h, w); decode moves it to the VAE
     return count_flops(lambda: decode(z)) / 1e9

@@ -75,7 +75,8 @@ def create_clip(config: dict | None = None) -> open_clip.CLIP:
 def clip_from_config(config: dict) -> open_clip.CLIP:
     """Rebuild a CLIP from the config a checkpoint stored: {"model_name": "shapes-clip", "model_cfg": {...}}."""
     if not isinstance(config, dict) or config.get("model_name") != MODEL_NAME or "model_cfg" not in config:
-        raise ValueError(f"a CLIP config must be {{'model_name': {MODEL_NAME!r}, 'model_cfg': {{...}}}}; got {config!r:.120}")
+        raise ValueError(f"a CLIP config must be {{'model_name': {MODEL_NAME!r}, 'model_cfg': {{...}}}}; "
+                         f"got {config!r:.120}")
     return create_clip(config["model_cfg"])
 
 

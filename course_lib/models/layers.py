@@ -1,7 +1,8 @@
 """Layers shared by the course's networks: timestep embeddings, attention over feature maps, resampling.
 
 The U-Net, the 2-D MLP, the VAE (and any new network) import these instead of keeping copies, so a fix or a
-comment here reaches every model. Each is the textbook version, with the source named in its docstring.
+comment here reaches every model. Each is the textbook version, with the source named in its docstring. (The
+residual blocks stay with their networks: the U-Net's adds a time embedding, the VAE's has none.)
 """
 from __future__ import annotations
 
