@@ -24,6 +24,9 @@ def objectives():
     torch.manual_seed(0)
     g = torch.Generator().manual_seed(1)
     text = unet_tiny(image_size=8, base_channels=8, channel_mult=(1, 2), attn_resolutions=(4,), cond_dim=8)
+    with torch.no_grad():  # the zero-initialised output layers too, so a dropped caption changes the loss
+        for weight in text.parameters():
+            weight.add_(0.1 * torch.randn(weight.shape, generator=g))
     tokens, mask = torch.randn(6, 5, 8, generator=g), torch.ones(6, 5, dtype=torch.bool)
     empty = (torch.zeros(5, 8), torch.tensor([True, True, False, False, False]))
     ds = ShapesDataset(size=16, n=6, seed=0)
