@@ -14,7 +14,7 @@ import torch
 from course_lib import evaluation
 from course_lib.evaluation import sweeps
 from course_lib.data import HELD_OUT_PAIRS, TEMPLATES, Attributes, ShapesDataset, caption
-from course_lib.evaluation import (Prompt, Sweep, cfg_sweep, fresh_prompts, held_out_prompts, main, make_prompt,
+from course_lib.evaluation import (Sweep, cfg_sweep, fresh_prompts, held_out_prompts, main, make_prompt,
                                    reference_renders, score, steps_sweep)
 from course_lib.generate import generate
 from course_lib.pretrained import load_checkpoint

@@ -12,7 +12,6 @@ import numpy as np
 import pytest
 import torch
 from PIL import Image
-from safetensors.torch import load_file
 
 from course_lib import generate as pipeline, latent, pretrained
 from course_lib import train as train_mod
