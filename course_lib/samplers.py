@@ -5,24 +5,34 @@ k-diffusion's sampling.py). All share one signature:
 
     fn(eps_model, x, schedule, timesteps, *, callback=None, generator=None, **options) -> x0
 
-    eps_model(x_t, t) -> eps   t is a LongTensor (B,) on x's device; eps has x's shape
-    x                          the starting noise x_T, e.g. torch.randn(B, C, H, W)
+    eps_model(x_t, t) -> eps   t is a (B,) tensor on x's device (long, or float32 for fractional timesteps)
+    x                          the starting noise x_T, e.g. torch.randn(B, C, H, W), on the scale the model was
+                               trained on (variance preserving); the sigma-space samplers convert it themselves
     timesteps                  descending training timesteps to visit, e.g. make_timesteps(schedule, 50)
     callback(StepRecord)       called after every step, e.g. to record frames for a widget
 
 Going from timesteps[i] to timesteps[i + 1] is one "strided" step; after the last entry the
-sampler jumps to alpha_bar = 1 (clean data), like diffusers' set_alpha_to_one=True.
+sampler jumps to alpha_bar = 1 (sigma = 0, clean data), like diffusers' set_alpha_to_one=True.
 Predicted x0 is never clipped (diffusers' clip_sample=False), so the math is exactly the paper's.
+
+Two views of the same process (conversions in course_lib.schedules):
+    ddpm, ddim, lcm     work on x_t = sqrt(alpha_bar) x0 + sqrt(1 - alpha_bar) eps
+    euler, heun         work on x = x_t / sqrt(alpha_bar) = x0 + sigma eps, an ODE in sigma
+                        (Karras et al. 2022): dx/dsigma = (x - x0) / sigma = eps
+    dpmpp_2m            the same ODE, solved in lambda = -log sigma (on x_t's scale; same math, fewer round-offs)
+NFE ("number of function evaluations") counts eps_model calls; it, not the step count, is what a sampler costs.
 """
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from typing import Callable
 
 import numpy as np
 import torch
 
-from course_lib.schedules import NoiseSchedule
+from course_lib.schedules import NoiseSchedule, consistency_scalings, from_sigma_space, to_sigma_space, \
+    vp_coefficients, x0_from_eps
 
 SPACINGS = ("trailing", "leading", "linspace")
 
@@ -32,9 +42,10 @@ class StepRecord:
     """What a sampler reports after each step (detached clones on the sampling device)."""
 
     step: int  # index into timesteps
-    t: int  # the timestep the model was evaluated at
+    t: int | float  # the timestep the model was evaluated at (first evaluation of the step)
     x_t: torch.Tensor  # the sample AFTER this step (the next, lower noise level; the final image after the last)
     x0: torch.Tensor  # the clean image the model predicted at this step
+    nfe: int = 0  # model evaluations so far, this step's included (Heun makes 2 per step; the samplers fill it in)
 
 
 def make_timesteps(schedule: NoiseSchedule, steps: int, spacing: str = "trailing") -> torch.Tensor:
@@ -66,8 +77,7 @@ def ddim(eps_model, x, schedule, timesteps, *, callback=None, generator=None, et
             # alpha_bar at this step and at the next (lower) one; 1.0 = clean data after the last step
             a_t, a_prev = _alpha_bars(schedule, timesteps, i)
             eps = _predict_eps(eps_model, x, t)
-            # invert DDPM eq. 4 for x0: "predicted x0" (eq. 12, first term)
-            x0 = (x - (1 - a_t) ** 0.5 * eps) / a_t**0.5
+            x0 = x0_from_eps(x, eps, a_t)  # "predicted x0" (eq. 12, first term): DDPM eq. 4 inverted
             # eq. 16: how much fresh noise to inject; eta=0 makes the step deterministic
             sigma = eta * ((1 - a_prev) / (1 - a_t) * (1 - a_t / a_prev)) ** 0.5
             # eq. 12: jump to x_prev = sqrt(a_prev) x0 + "direction pointing to x_t" + random noise
@@ -77,7 +87,7 @@ def ddim(eps_model, x, schedule, timesteps, *, callback=None, generator=None, et
                 x_next = x_next + sigma * _randn_like(x, generator)
             x = x_next
             if callback is not None:
-                callback(StepRecord(step=i, t=t, x_t=x.detach().clone(), x0=x0.detach().clone()))
+                callback(StepRecord(step=i, t=t, x_t=x.detach().clone(), x0=x0.detach().clone(), nfe=i + 1))
     return x
 
 
@@ -92,8 +102,7 @@ def ddpm(eps_model, x, schedule, timesteps, *, callback=None, generator=None) ->
             alpha_t = a_t / a_prev
             beta_t = 1 - alpha_t
             eps = _predict_eps(eps_model, x, t)
-            # invert DDPM eq. 4 for x0 (eq. 15); unclipped
-            x0 = (x - (1 - a_t) ** 0.5 * eps) / a_t**0.5
+            x0 = x0_from_eps(x, eps, a_t)  # DDPM eq. 4 inverted (eq. 15); unclipped
             # eq. 7: posterior mean mu~(x_t, x0), a blend of predicted x0 and the current x_t
             mean = (a_prev**0.5 * beta_t / (1 - a_t)) * x0 + (alpha_t**0.5 * (1 - a_prev) / (1 - a_t)) * x
             # eq. 7: posterior variance beta~_t; sample x_prev ~ N(mean, beta~_t I), no noise at t = 0
@@ -103,23 +112,114 @@ def ddpm(eps_model, x, schedule, timesteps, *, callback=None, generator=None) ->
                 x_next = mean + variance**0.5 * _randn_like(x, generator)
             x = x_next
             if callback is not None:
-                callback(StepRecord(step=i, t=t, x_t=x.detach().clone(), x0=x0.detach().clone()))
+                callback(StepRecord(step=i, t=t, x_t=x.detach().clone(), x0=x0.detach().clone(), nfe=i + 1))
     return x
 
 
-SAMPLERS: dict[str, Callable[..., torch.Tensor]] = {"ddpm": ddpm, "ddim": ddim}
+def euler(eps_model, x, schedule, timesteps, *, callback=None, generator=None) -> torch.Tensor:
+    """Euler's method on the probability-flow ODE dx/dsigma = (x - x0) / sigma (Karras et al. 2022, Algorithm 1)."""
+    timesteps = _check_inputs(x, schedule, timesteps, fractional=True)
+    sigmas = _sigmas(schedule, timesteps)  # (N + 1,): the noise levels visited, then 0
+    x = to_sigma_space(x, sigmas[0])  # x = x0 + sigma eps
+    with torch.no_grad():
+        for i, t in enumerate(timesteps):
+            x0 = _denoise(eps_model, x, sigmas[i], t)
+            d = (x - x0) / sigmas[i]  # the ODE's slope dx/dsigma (k-diffusion's to_d); equals the predicted eps
+            x = x + d * (sigmas[i + 1] - sigmas[i])  # one Euler step down to the next noise level
+            if callback is not None:
+                callback(StepRecord(step=i, t=t, x_t=from_sigma_space(x, sigmas[i + 1]), x0=x0.clone(), nfe=i + 1))
+    return x
+
+
+def heun(eps_model, x, schedule, timesteps, *, callback=None, generator=None) -> torch.Tensor:
+    """Heun's 2nd-order method (Karras et al. 2022, Algorithm 1): an Euler step, then the average of the slopes at
+    both ends. The last step (to sigma = 0) stays an Euler step, so N timesteps cost 2N - 1 model calls."""
+    timesteps = _check_inputs(x, schedule, timesteps, fractional=True)
+    sigmas = _sigmas(schedule, timesteps)
+    x = to_sigma_space(x, sigmas[0])
+    nfe = 0
+    with torch.no_grad():
+        for i, t in enumerate(timesteps):
+            x0 = _denoise(eps_model, x, sigmas[i], t)
+            d = (x - x0) / sigmas[i]
+            dt = sigmas[i + 1] - sigmas[i]
+            x_euler = x + d * dt  # predictor: where Euler lands
+            nfe += 1
+            if i + 1 == len(timesteps):  # sigma_next = 0: the slope there is undefined, keep Euler's answer
+                x = x_euler
+            else:  # corrector: the slope where Euler landed, averaged with the slope where it started (trapezoid)
+                x0_next = _denoise(eps_model, x_euler, sigmas[i + 1], timesteps[i + 1])
+                d_next = (x_euler - x0_next) / sigmas[i + 1]
+                x = x + (d + d_next) / 2 * dt
+                nfe += 1
+            if callback is not None:
+                callback(StepRecord(step=i, t=t, x_t=from_sigma_space(x, sigmas[i + 1]), x0=x0.clone(), nfe=nfe))
+    return x
+
+
+def dpmpp_2m(eps_model, x, schedule, timesteps, *, callback=None, generator=None) -> torch.Tensor:
+    """DPM-Solver++(2M) (Lu et al. 2022, Algorithm 2): solves the ODE in lambda = log(alpha / sigma) exactly for an
+    x0 prediction that is constant over a step, and reaches second order by reusing the previous step's prediction,
+    so it still costs one model call per step. Written on x_t's own scale, as diffusers does (fewer round-offs)."""
+    timesteps = _check_inputs(x, schedule, timesteps, fractional=True)
+    sigmas = _sigmas(schedule, timesteps)
+    x0_prev, h_prev = None, None
+    with torch.no_grad():
+        for i, t in enumerate(timesteps):
+            alpha_s, sigma_s = vp_coefficients(sigmas[i])  # x_t = alpha x0 + sigma eps at this step
+            eps = _predict_eps(eps_model, x, t)
+            x0 = (x - sigma_s * eps) / alpha_s
+            if sigmas[i + 1] == 0:  # the last step lands on the prediction itself (lambda -> infinity)
+                x = x0
+            else:
+                alpha_t, sigma_t = vp_coefficients(sigmas[i + 1])
+                h = torch.log(alpha_t / sigma_t) - torch.log(alpha_s / sigma_s)  # step size in lambda
+                if x0_prev is None:  # first step: no history yet, a first-order step (DDIM)
+                    x0_d = x0
+                else:  # the two x0 predictions extrapolated to the middle of the step (eq. 9, "midpoint")
+                    x0_d = x0 + 0.5 * (h / h_prev) * (x0 - x0_prev)
+                x = (sigma_t / sigma_s) * x - alpha_t * torch.expm1(-h) * x0_d
+                x0_prev, h_prev = x0, h
+            if callback is not None:
+                callback(StepRecord(step=i, t=t, x_t=x.detach().clone(), x0=x0.detach().clone(), nfe=i + 1))
+    return x
+
+
+def lcm(eps_model, x, schedule, timesteps, *, callback=None, generator=None) -> torch.Tensor:
+    """Multistep latent-consistency sampling (Luo et al. 2023, Algorithm 1 of the LCM paper; Song et al. 2023,
+    Algorithm 1): jump straight to a clean estimate f(x_t, t) = c_skip x_t + c_out x0, then re-noise it to the next
+    timestep with fresh noise. Meant for a consistency-distilled model; with an ordinary one it is a noisy DDIM."""
+    timesteps = _check_inputs(x, schedule, timesteps)
+    with torch.no_grad():
+        for i, t in enumerate(timesteps):
+            a_t, a_prev = _alpha_bars(schedule, timesteps, i)
+            eps = _predict_eps(eps_model, x, t)
+            c_skip, c_out = consistency_scalings(torch.tensor(t))
+            x0 = c_out * x0_from_eps(x, eps, a_t) + c_skip * x  # the consistency function's clean image
+            if i + 1 < len(timesteps):  # q(x_prev | x0): noise it again, independently of the path so far
+                x = a_prev**0.5 * x0 + (1 - a_prev) ** 0.5 * _randn_like(x, generator)
+            else:
+                x = x0
+            if callback is not None:
+                callback(StepRecord(step=i, t=t, x_t=x.detach().clone(), x0=x0.detach().clone(), nfe=i + 1))
+    return x
+
+
+SAMPLERS: dict[str, Callable[..., torch.Tensor]] = {"ddpm": ddpm, "ddim": ddim, "euler": euler, "heun": heun,
+                                                     "dpmpp_2m": dpmpp_2m, "lcm": lcm}
 
 
 def get_sampler(name: str) -> Callable[..., torch.Tensor]:
     """The sampler function called `name` (one of SAMPLERS)."""
-    if name not in SAMPLERS:
+    if not isinstance(name, str) or name not in SAMPLERS:
         raise ValueError(f"unknown sampler {name!r}; valid names: {', '.join(SAMPLERS)}")
     return SAMPLERS[name]
 
 
 # ----- shared helpers (no math here; the math lives in the loops above) ---------------------
-def _check_inputs(x, schedule: NoiseSchedule, timesteps) -> list[int]:
-    """timesteps as a list of ints, after checking they are non-empty, descending and in [0, T-1]."""
+def _check_inputs(x, schedule: NoiseSchedule, timesteps, fractional: bool = False) -> list:
+    """timesteps as a list of ints (floats if fractional ones are allowed and given), after checking they are
+    non-empty, descending and in [0, T-1]."""
     if not isinstance(x, torch.Tensor) or not x.is_floating_point() or x.ndim < 1:
         raise ValueError("x must be a floating-point tensor with a batch dimension, e.g. torch.randn(B, C, H, W)")
     T = schedule.num_train_timesteps
@@ -127,8 +227,12 @@ def _check_inputs(x, schedule: NoiseSchedule, timesteps) -> list[int]:
         ts = torch.as_tensor(timesteps)
     except (TypeError, ValueError, RuntimeError):
         ts = None
-    if ts is None or ts.ndim != 1 or ts.numel() == 0 or ts.is_floating_point() or ts.dtype == torch.bool:
-        raise ValueError("timesteps must be a non-empty 1-D sequence of ints, e.g. make_timesteps(schedule, 50)")
+    kind = "numbers" if fractional else "ints"
+    if ts is None or ts.ndim != 1 or ts.numel() == 0 or ts.dtype == torch.bool or ts.is_complex() \
+            or (ts.is_floating_point() and not fractional):
+        raise ValueError(f"timesteps must be a non-empty 1-D sequence of {kind}, e.g. make_timesteps(schedule, 50)")
+    if ts.is_floating_point() and not bool(torch.isfinite(ts).all()):
+        raise ValueError(f"timesteps must be finite numbers in [0, {T - 1}], got {ts.tolist()[:5]}...")
     ts = ts.tolist()
     if any(a <= b for a, b in zip(ts, ts[1:])):
         raise ValueError(f"timesteps must be strictly descending (noisy -> clean), got {ts[:5]}...")
@@ -148,9 +252,22 @@ def _alpha_bars(schedule: NoiseSchedule, timesteps: list[int], i: int) -> tuple[
     return a_t, a_prev
 
 
-def _predict_eps(eps_model, x: torch.Tensor, t: int) -> torch.Tensor:
-    """eps_model(x_t, t) with t broadcast to a (B,) LongTensor on x's device; checks the output shape."""
-    t_batch = torch.full((x.shape[0],), t, dtype=torch.long, device=x.device)  # (B,)
+def _sigmas(schedule: NoiseSchedule, timesteps: list) -> torch.Tensor:
+    """The noise levels sigma of the visited timesteps with a final 0 appended: (N + 1,) float32 on the CPU."""
+    return torch.cat([schedule.sigma_at(timesteps), torch.zeros(1)])
+
+
+def _denoise(eps_model, x: torch.Tensor, sigma: torch.Tensor, t) -> torch.Tensor:
+    """The clean image a sigma-space sample x = x0 + sigma eps implies: x0 = x - sigma eps_model(x_t, t), where the
+    network sees x on its own scale, x_t = x / sqrt(1 + sigma^2) (k-diffusion's CompVisDenoiser)."""
+    eps = _predict_eps(eps_model, from_sigma_space(x, sigma), t)
+    return x - sigma * eps
+
+
+def _predict_eps(eps_model, x: torch.Tensor, t) -> torch.Tensor:
+    """eps_model(x_t, t) with t broadcast to a (B,) tensor on x's device (long for an int t, else float32)."""
+    dtype = torch.long if isinstance(t, (int, np.integer)) else torch.float32
+    t_batch = torch.full((x.shape[0],), t, dtype=dtype, device=x.device)  # (B,)
     eps = eps_model(x, t_batch)
     if eps.shape != x.shape:
         raise ValueError(f"eps_model returned shape {tuple(eps.shape)}, expected x's shape {tuple(x.shape)}")

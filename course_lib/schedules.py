@@ -6,6 +6,8 @@ Legend, code name -> paper symbol (DDPM, Ho et al. 2020):
     alphas_cumprod[t]  alpha_bar_t  = prod_{s<=t} alpha_s, the signal power left after t+1 steps
     x0, x_t, eps       x_0, x_t, epsilon
     snr(t)             SNR(t)       = alpha_bar_t / (1 - alpha_bar_t)  (Kingma et al. 2021)
+    sigmas[t]          sigma_t      = sqrt((1 - alpha_bar_t) / alpha_bar_t), the noise level of the same x_t seen
+                                      in "sigma space" x_t / sqrt(alpha_bar_t) = x0 + sigma_t eps (Karras et al. 2022)
 
 Timesteps are 0-based like diffusers: t = 0 is the first (least noisy) step, t = T - 1 the last.
 Everything is computed exactly as diffusers' DDPMScheduler does, so a model trained here can be
@@ -16,6 +18,7 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 
+import numpy as np
 import torch
 
 
@@ -77,6 +80,22 @@ class NoiseSchedule:
         """T, the number of discrete training timesteps."""
         return self.betas.shape[0]
 
+    @property
+    def sigmas(self) -> torch.Tensor:
+        """(T,) float32 noise levels sigma_t = sqrt((1 - alpha_bar_t) / alpha_bar_t) (diffusers' Euler `sigmas`)."""
+        return ((1 - self.alphas_cumprod) / self.alphas_cumprod) ** 0.5
+
+    def sigma_at(self, t) -> torch.Tensor:
+        """sigma at (possibly fractional) timesteps t, linearly interpolated between integer t as diffusers does.
+
+        t: a number or a 1-D sequence in [0, T-1]; returns float32 of t's shape (a 0-dim tensor for a number).
+        """
+        t = np.asarray(t, dtype=np.float64)
+        if t.ndim > 1 or t.size == 0 or not np.all(np.isfinite(t)) or t.min() < 0 or t.max() > self.num_train_timesteps - 1:
+            raise ValueError(f"t must be a number or a 1-D sequence in [0, {self.num_train_timesteps - 1}], got {t!r}")
+        sigmas = np.interp(t, np.arange(self.num_train_timesteps), self.sigmas.numpy())
+        return torch.from_numpy(np.asarray(sigmas)).to(torch.float32)
+
     def snr(self, t: int | torch.Tensor) -> torch.Tensor:
         """Signal-to-noise ratio alpha_bar_t / (1 - alpha_bar_t) (Kingma et al. 2021, eq. 1); same shape as t."""
         t = self._check_t(t)
@@ -115,6 +134,41 @@ class NoiseSchedule:
 
     def __repr__(self) -> str:
         return f"NoiseSchedule(name={self.name!r}, num_train_timesteps={self.num_train_timesteps})"
+
+
+# ----- conversions between what a network predicts and where the sample is (one place, used by every sampler) -----
+def x0_from_eps(x_t: torch.Tensor, eps: torch.Tensor, alpha_bar) -> torch.Tensor:
+    """Invert DDPM eq. 4 for the clean image: x0 = (x_t - sqrt(1 - alpha_bar) eps) / sqrt(alpha_bar) (eq. 15)."""
+    return (x_t - (1 - alpha_bar) ** 0.5 * eps) / alpha_bar**0.5
+
+
+def to_sigma_space(x_t: torch.Tensor, sigma) -> torch.Tensor:
+    """x_t (variance-preserving scale) as x0 + sigma eps: multiply by 1 / sqrt(alpha_bar) = sqrt(1 + sigma^2)."""
+    return x_t * (sigma**2 + 1) ** 0.5
+
+
+def from_sigma_space(x: torch.Tensor, sigma) -> torch.Tensor:
+    """x0 + sigma eps back to the scale the network was trained on: divide by sqrt(1 + sigma^2)."""
+    return x / ((sigma**2 + 1) ** 0.5)
+
+
+def vp_coefficients(sigma: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """(alpha_t, sigma_t) with x_t = alpha_t x0 + sigma_t eps at noise level sigma: alpha_t = sqrt(alpha_bar)
+    = 1 / sqrt(1 + sigma^2), sigma_t = sigma alpha_t = sqrt(1 - alpha_bar) (DPM-Solver's notation)."""
+    alpha_t = 1 / ((sigma**2 + 1) ** 0.5)
+    return alpha_t, sigma * alpha_t
+
+
+def consistency_scalings(t, sigma_data: float = 0.5, timestep_scaling: float = 10.0):
+    """(c_skip, c_out) of a consistency model at timestep t, as diffusers' LCMScheduler applies them.
+
+    f(x_t, t) = c_skip(t) x_t + c_out(t) x0_pred: c_skip(0) = 1 and c_out(0) = 0, so f is the identity on clean
+    data (Song et al. 2023, eq. 7; Luo et al. 2023 use sigma_data = 0.5 and scale t by 10 to sharpen the switch).
+    """
+    scaled_t = t * timestep_scaling
+    c_skip = sigma_data**2 / (scaled_t**2 + sigma_data**2)
+    c_out = scaled_t / (scaled_t**2 + sigma_data**2) ** 0.5
+    return c_skip, c_out
 
 
 def _check_num_train_timesteps(num_train_timesteps: int) -> None:

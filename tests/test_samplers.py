@@ -233,10 +233,10 @@ def test_eps_model_gets_a_long_batch_of_t_and_no_grad(sampler):
 
 
 def test_sampler_registry():
-    assert SAMPLERS == {"ddpm": ddpm, "ddim": ddim}
+    assert SAMPLERS["ddpm"] is ddpm and SAMPLERS["ddim"] is ddim
     assert get_sampler("ddim") is ddim
-    with pytest.raises(ValueError, match="valid names: ddpm, ddim"):
-        get_sampler("euler")
+    with pytest.raises(ValueError, match="valid names: ddpm, ddim, euler"):
+        get_sampler("euler_a")
 
 
 @pytest.mark.parametrize("sampler", [ddim, ddpm])
