@@ -34,6 +34,7 @@ METRICS = {"prompt_accuracy": ("prompts", "per_prompt", "steps", "guidance_scale
            "frechet_distance": ("n", "steps", "seed"), "psnr_db": ("n", "size", "seed"),
            "accuracy": ("n", "size", "seed"), "zero_shot": ("n", "size", "seed")}
 AT_MOST = ("frechet_distance",)  # lower is better: the limit is a ceiling
+# (a text-to-image floor may also name its "sampler"; without one it samples with DDIM)
 
 
 @dataclass
@@ -72,7 +73,8 @@ def measure(p: Pretrained, floor: Floor, directory=None) -> float:
         scores = []
         for i, prompt in enumerate(fresh_prompts(s["prompts"], seed=s["seed"])):
             images = generate(prompt.text, steps=s["steps"], guidance_scale=s["guidance_scale"], seed=s["seed"] + i,
-                              n=s["per_prompt"], model=p, directory=directory).images
+                              n=s["per_prompt"], model=p, directory=directory,
+                              sampler=s.get("sampler", "ddim")).images
             if floor.metric == "prompt_accuracy":
                 scores.append(prompt_accuracy(images, prompt.attributes, classifier, keys=prompt.keys))
             else:

@@ -19,6 +19,8 @@ class GuidedModel:
 
     cond / uncond: token embeddings (B or 1, L, D) with boolean masks (B or 1, L) (True = real token).
     Both predictions come from one batched forward pass of 2B images, which is cheaper than two passes.
+    A guidance-distilled model (an LCM student, `model.config.guidance_embed`) learned the guided prediction
+    itself: it gets one pass with w = guidance_scale - 1 as an input, and the unconditional prompt is not used.
     """
 
     def __init__(self, model, cond, cond_mask, uncond, uncond_mask, guidance_scale: float):
@@ -30,6 +32,8 @@ class GuidedModel:
     def __call__(self, x_t: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
         B = x_t.shape[0]
         cond, cond_mask = _expand(self.cond, B), _expand(self.cond_mask, B)
+        if getattr(getattr(self.model, "config", None), "guidance_embed", False):
+            return self.model(x_t, t, cond=cond, cond_mask=cond_mask, w=self.guidance_scale - 1)
         if self.guidance_scale == 1.0:  # no guidance: the unconditional pass would be multiplied by 0
             return self.model(x_t, t, cond=cond, cond_mask=cond_mask)
         uncond, uncond_mask = _expand(self.uncond, B), _expand(self.uncond_mask, B)

@@ -4,13 +4,15 @@ An objective is a callable `loss_fn(model, batch, generator) -> loss` that `cour
 per step (inside its autocast) with the batch its data source drew and the run's seeded generator for every
 random draw (timesteps, noise, dropped captions, augmentation, posterior samples). It returns the scalar loss,
 or a dict holding "loss" and other scalars to log (the VAE's reconstruction and KL terms). It may also define
-`after_step(model)`, which the loop calls after each optimizer step (CLIP clamps its temperature there).
-Everything else (optimizer, learning rate, clipping, EMA, checkpoints, devices) belongs to the loop.
+`after_step(model)`, which the loop calls after each optimizer step (CLIP clamps its temperature there), and set
+`needs_ema = True` to be called as loss_fn(model, batch, generator, ema=...) with the loop's EMA of the model
+(consistency distillation's target network). Everything else (optimizer, learning rate, clipping, EMA, checkpoints, devices) belongs to the loop.
 
     EpsilonLoss      diffusion, DDPM eq. 14          batch: x0, or (x0, cond tokens (B, L, D), cond mask (B, L))
     VAELoss          L1 + kl_weight * KL            batch: images (B, 3, H, W)
     ClassifierLoss   cross-entropy per attribute    batch: (images, class indices (B, 5))
     ContrastiveLoss  CLIP's symmetric InfoNCE       batch: (images, tokens (B, L))
+    ConsistencyDistillationLoss  LCM, Luo et al. 2023     batch: (x0, cond tokens (B, L, D), cond mask (B, L))
 """
 from __future__ import annotations
 
@@ -21,7 +23,8 @@ import torch
 import torch.nn.functional as F
 
 from course_lib.data import VOCAB
-from course_lib.schedules import NoiseSchedule
+from course_lib.guidance import cfg
+from course_lib.schedules import NoiseSchedule, consistency_scalings, x0_from_eps
 
 
 #################################################################################
@@ -185,3 +188,79 @@ class ContrastiveLoss:
         """Clamp the learned log-temperature t to [0, ln max_logit_scale], as CLIP and open_clip do."""
         with torch.no_grad():
             model.logit_scale.clamp_(0, math.log(self.max_logit_scale))
+
+
+#################################################################################
+#        Latent consistency distillation: many guided steps -> a few            #
+#################################################################################
+
+@dataclass
+class ConsistencyDistillationLoss:
+    """Latent consistency distillation (Luo et al. 2023, Algorithm 1), as diffusers' train_lcm_distill_sd does it.
+
+    The student f(x_t, t, w) = c_skip(t) x_t + c_out(t) x0_pred learns to give the same clean image from x_t as its
+    slowly moving copy (the target network, the loop's EMA) gives from x_{t-k}, where x_{t-k} is one DDIM step of
+    the teacher with classifier-free guidance of weight w. The student gets w as an input (a guidance-distilled
+    U-Net), so at sampling time one pass replaces CFG's two.
+    """
+
+    schedule: NoiseSchedule  # the teacher's forward process
+    teacher: torch.nn.Module = field(repr=False)  # a frozen text-conditional eps-model (shapes32-t2i)
+    empty_cond: tuple = field(repr=False)  # (tokens (L, D), mask (L,)) of "": the teacher's unconditional input
+    skip: int = 20  # k: one teacher DDIM step spans k timesteps, a 50-step grid for T = 1000 (the paper's k = 20)
+    w_min: float = 1.0  # guidance weights w ~ U(w_min, w_max), guidance_scale = 1 + w: 2..8 covers the course's 5
+    w_max: float = 7.0
+    huber_c: float | None = 0.03  # pseudo-Huber constant (0.00054 sqrt(3 * 32 * 32), Song & Dhariwal 2023); None: L2
+    needs_ema = True  # the target network is the training loop's EMA of the student
+
+    def __post_init__(self):
+        T = self.schedule.num_train_timesteps
+        if not 1 <= self.skip < T or T % self.skip:
+            raise ValueError(f"skip must divide num_train_timesteps={T} (e.g. 20 for a 50-step grid), got {self.skip}")
+        if not 0 <= self.w_min <= self.w_max:
+            raise ValueError(f"need 0 <= w_min <= w_max, got {self.w_min}, {self.w_max}")
+        self.teacher.requires_grad_(False).eval()
+
+    def __call__(self, model, batch, generator, ema=None) -> torch.Tensor:
+        if ema is None:
+            raise ValueError("consistency distillation needs a target network: train with TrainConfig.ema_decay set")
+        x0, cond, cond_mask = batch
+        B, device, gen_device = x0.shape[0], x0.device, (generator.device if generator is not None else x0.device)
+        # a random point t on the teacher's DDIM grid (k-1, 2k-1, ..., T-1) and the grid point one step below it
+        index = torch.randint(0, self.schedule.num_train_timesteps // self.skip, (B,), generator=generator,
+                              device=gen_device).to(device)
+        t = (index + 1) * self.skip - 1  # (B,)
+        t_prev = (t - self.skip).clamp(min=0)
+        w = (self.w_min + (self.w_max - self.w_min) * torch.rand(B, generator=generator, device=gen_device)).to(device)
+        eps = torch.randn(x0.shape, generator=generator, device=gen_device, dtype=x0.dtype).to(device)
+        x_t = self.schedule.add_noise(x0, eps, t)
+        a_t, a_prev = (self._alpha_bar(s, x0) for s in (t, t_prev))  # (B, 1, 1, 1) each
+
+        # the student's clean image from x_t
+        prediction = self._consistency(model(x_t, t, cond=cond, cond_mask=cond_mask, w=w), x_t, t, a_t)
+        with torch.no_grad():
+            # one DDIM step of the teacher with CFG at weight w (both halves in one batch: uncond, then cond)
+            empty_tokens, empty_mask = (e.to(device).expand(B, *e.shape) for e in self.empty_cond)
+            eps_both = self.teacher(torch.cat([x_t, x_t]), torch.cat([t, t]), cond=torch.cat([empty_tokens, cond]),
+                                    cond_mask=torch.cat([empty_mask, cond_mask]))  # (2B, C, H, W)
+            eps_uncond, eps_cond = eps_both.float().chunk(2)
+            eps_teacher = cfg(eps_uncond, eps_cond, 1 + w.view(-1, *[1] * (x0.ndim - 1)))
+            x_prev = a_prev.sqrt() * x0_from_eps(x_t, eps_teacher, a_t) + (1 - a_prev).sqrt() * eps_teacher
+            # ...and the target network's clean image from there
+            target = self._consistency(ema(x_prev, t_prev, cond=cond, cond_mask=cond_mask, w=w), x_prev, t_prev,
+                                       a_prev)
+        error = (prediction.float() - target.float()) ** 2
+        if self.huber_c is None:
+            return error.mean()
+        return (torch.sqrt(error + self.huber_c**2) - self.huber_c).mean()  # pseudo-Huber: L2 near 0, L1 far off
+
+    def _alpha_bar(self, t: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
+        """alpha_bar_t as (B, 1, 1, 1) on like's device and dtype."""
+        alpha_bar = self.schedule.alphas_cumprod[t.cpu()].to(device=like.device, dtype=like.dtype)
+        return alpha_bar.view(-1, *[1] * (like.ndim - 1))  # (B, 1, 1, 1)
+
+    @staticmethod
+    def _consistency(eps, x_t, t, alpha_bar) -> torch.Tensor:
+        """f(x_t, t) = c_skip(t) x_t + c_out(t) x0(eps): the clean image a consistency model reads off x_t."""
+        c_skip, c_out = (c.view(-1, *[1] * (x_t.ndim - 1)) for c in consistency_scalings(t))  # (B, 1, 1, 1)
+        return c_skip * x_t + c_out * x0_from_eps(x_t, eps.float(), alpha_bar)

@@ -15,7 +15,7 @@ import torch
 from course_lib import models
 from course_lib.data import DataSpec
 from course_lib.floors import Floor
-from course_lib.tasks import Autoencoding, Classification, Contrastive, Denoising
+from course_lib.tasks import Autoencoding, Classification, ConsistencyDistillation, Contrastive, Denoising
 from course_lib.training import TrainConfig
 
 
@@ -26,7 +26,8 @@ class Recipe:
     name: str  # checkpoint name, e.g. "shapes32-unet"
     model: str  # factory in course_lib.models.FACTORIES, e.g. "unet_small"
     data: DataSpec  # training data
-    task: Denoising | Autoencoding | Classification | Contrastive  # objective + what the JSON records
+    task: Denoising | Autoencoding | Classification | Contrastive  # objective + what the JSON records (Denoising
+    #                                                                 includes its subclass ConsistencyDistillation)
     train: TrainConfig  # optimisation hyper-parameters
     description: str = ""  # one line for humans
     model_kwargs: dict = field(default_factory=dict)  # overrides passed to the model factory
@@ -76,6 +77,23 @@ RECIPES: dict[str, Recipe] = {
             description="text-to-image 32x32 shapes U-Net, cross-attending to shapes-clip tokens (held-out pairs unseen)",
             # floor: shipped 0.94, noise weights 0
             floor=Floor("prompt_accuracy", 0.6, dict(prompts=8, per_prompt=2, steps=10, guidance_scale=3, seed=7)),
+        ),
+        Recipe(
+            name="shapes32-lcm",
+            model="unet_small_cond",
+            # shapes32-t2i's network plus a w-embedding (zero-init, so step 0 is the teacher); no dropout: the
+            # student must match its target, not regularise
+            model_kwargs={"cond_dim": 64, "guidance_embed": True, "dropout": 0.0},
+            data=DataSpec("shapes", n=20000, seed=0, size=32, hold_out=True),
+            task=ConsistencyDistillation(schedule="linear", text_encoder="shapes-clip", teacher="shapes32-t2i"),
+            # LCM's recipe scaled down: EMA 0.95 is the target network; each step costs about 6 forward passes
+            # (student + backward, teacher with CFG, target). CPU-sized by default (~25 min on 2 cores).
+            train=TrainConfig(steps=500, batch_size=64, lr=1e-4, weight_decay=0.0, warmup=20, lr_schedule="constant",
+                              ema_decay=0.95, grad_clip=1.0, seed=0, ckpt_every=100, log_every=10),
+            init_from="shapes32-t2i",
+            description="LCM student of shapes32-t2i: 4-step text-to-image, guidance distilled into a w input",
+            floor=Floor("prompt_accuracy", 0.3, dict(prompts=8, per_prompt=2, steps=4, guidance_scale=5, seed=7,
+                                                     sampler="lcm")),
         ),
         Recipe(
             name="shapes64-t2i",

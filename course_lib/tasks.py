@@ -8,9 +8,11 @@ and what its preview PNG shows (`preview`). The training itself is always course
     Autoencoding    the VAE of latent diffusion                                              VAELoss
     Classification  the shapes attribute classifier behind course_lib.metrics               ClassifierLoss
     Contrastive     the CLIP whose text tower conditions the text-to-image models           ContrastiveLoss
+    ConsistencyDistillation  a few-step LCM student of a text-to-image teacher     ConsistencyDistillationLoss
 """
 from __future__ import annotations
 
+import copy
 import dataclasses
 import io
 from dataclasses import dataclass, field
@@ -24,9 +26,9 @@ from course_lib.data import DataSpec, ShapesDataset, attribute_indices
 from course_lib.guidance import GuidedModel
 from course_lib.images import grid, png_bytes
 from course_lib.latent import decode_latents, encode_latents, measure_scaling_factor, reconstruct
-from course_lib.losses import ClassifierLoss, ContrastiveLoss, EpsilonLoss, VAELoss
+from course_lib.losses import ClassifierLoss, ConsistencyDistillationLoss, ContrastiveLoss, EpsilonLoss, VAELoss
 from course_lib.metrics import classifier_accuracy, psnr, retrieval_top1, zero_shot_accuracy
-from course_lib.samplers import ddim, make_timesteps
+from course_lib.samplers import get_sampler, make_timesteps
 from course_lib.schedules import NoiseSchedule
 
 
@@ -56,8 +58,9 @@ class Denoising:
     cond_drop_prob: float = 0.0  # caption dropout for classifier-free guidance (text-conditioned models)
     text_encoder: str | None = None  # CLIP checkpoint whose frozen token embeddings condition the model
     vae: str | None = None  # latent diffusion: train on this VAE checkpoint's scaled latents of the images
-    sample_steps: int = 50  # DDIM steps of the preview written next to the checkpoint
+    sample_steps: int = 50  # sampler steps of the preview written next to the checkpoint
     guidance_scale: float = 5.0  # classifier-free guidance scale of the preview (text-conditioned models)
+    sampler: str = "ddim"  # the preview's sampler (course_lib.samplers.SAMPLERS)
 
     def prepare(self, data: DataSpec, device) -> Prepared:
         schedule = NoiseSchedule.from_name(self.schedule, self.num_train_timesteps)
@@ -78,7 +81,7 @@ class Denoising:
 
     @torch.no_grad()
     def preview(self, model, data: DataSpec, prepared: Prepared, n: int = 16, seed: int = 0) -> bytes:
-        """n DDIM samples (trailing steps; with CFG on fresh captions, seed 1, for a text model) as a PNG."""
+        """n samples (trailing steps; with CFG on fresh captions, seed 1, for a text model) as a PNG."""
         if data.dataset != "shapes":
             return _scatter_png(self._sample(model, data, prepared, 2000, seed), prepared.context["x0"])
         samples = self._sample(model, data, prepared, n, seed)
@@ -97,7 +100,37 @@ class Denoising:
             prompts = dataclasses.replace(data, n=n, seed=1, hold_out=False).shapes().captions()
             eps_model = GuidedModel(model, *encoder(prompts), *encoder(""), self.guidance_scale)
         timesteps = make_timesteps(schedule, self.sample_steps)
-        return ddim(eps_model, x, schedule, timesteps, generator=generator).float().cpu()
+        return get_sampler(self.sampler)(eps_model, x, schedule, timesteps, generator=generator).float().cpu()
+
+
+@dataclass
+class ConsistencyDistillation(Denoising):
+    """Latent consistency distillation (Luo et al. 2023): a student that samples in a few steps what the teacher
+    needs many guided steps for. Data and captions as in Denoising; the teacher's JSON names the schedule."""
+
+    teacher: str = "shapes32-t2i"  # the text-to-image checkpoint distilled (also the student's init_from)
+    skip: int = 20  # the teacher's DDIM step spans this many timesteps (a 50-step grid)
+    w_min: float = 1.0  # guidance weights drawn for the teacher, guidance_scale = 1 + w
+    w_max: float = 7.0
+    huber_c: float | None = 0.03  # pseudo-Huber constant; None = L2
+    sample_steps: int = 4
+    sampler: str = "lcm"
+
+    def prepare(self, data: DataSpec, device) -> Prepared:
+        prepared = super().prepare(data, device)  # images, caption tokens, the empty prompt, the schedule
+        teacher = pretrained.load_checkpoint(self.teacher, device)
+        if teacher.meta.get("text_encoder") != self.text_encoder or teacher.schedule is None:
+            raise ValueError(f"teacher {self.teacher!r} must be a text-conditional checkpoint using the text encoder "
+                             f"{self.text_encoder!r}; its JSON names {teacher.meta.get('text_encoder')!r}")
+        teacher_model = copy.deepcopy(teacher.model)  # (the cached checkpoint stays untouched)
+        loss_fn = ConsistencyDistillationLoss(teacher.schedule, teacher_model, prepared.loss_fn.empty_cond,
+                                              self.skip, self.w_min, self.w_max, self.huber_c)
+        return Prepared(prepared.data, loss_fn, {**prepared.context, "schedule": teacher.schedule})
+
+    def record(self, model, data: DataSpec, prepared: Prepared) -> dict:
+        return {**super().record(model, data, prepared), "teacher": self.teacher,
+                "distillation": {"skip": self.skip, "w_range": [self.w_min, self.w_max], "huber_c": self.huber_c,
+                                 "guidance_scale_range": [1 + self.w_min, 1 + self.w_max]}}
 
 
 def _scatter_png(samples: torch.Tensor, reference: torch.Tensor) -> bytes:

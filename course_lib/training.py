@@ -213,7 +213,9 @@ def train_step(net, model, ema, optimizer, loss_fn, batch, config, step, generat
         group["lr"] = learning_rate(step, config)
     device_type = next(model.parameters()).device.type
     with torch.autocast(device_type, dtype=torch.bfloat16, enabled=device_type == "cuda"):
-        out = loss_fn(net, batch, generator)
+        # (consistency distillation's objective compares the model with its own EMA, the "target network")
+        out = loss_fn(net, batch, generator, ema=ema) if getattr(loss_fn, "needs_ema", False) else \
+            loss_fn(net, batch, generator)
     out = out if isinstance(out, dict) else {"loss": out}
     optimizer.zero_grad(set_to_none=True)
     out["loss"].backward()

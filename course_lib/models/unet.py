@@ -12,7 +12,8 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from .layers import CrossAttention, Downsample, SelfAttention, TimestepEmbedder, Upsample, broadcast_timesteps
+from .layers import CrossAttention, Downsample, SelfAttention, TimestepEmbedder, Upsample, broadcast_timesteps, \
+    timestep_embedding
 
 
 @dataclass
@@ -29,6 +30,9 @@ class UNetConfig:
     cond_dim: int | None = None  # when set: cross-attention to cond tokens (B, L, cond_dim) at attn_resolutions
     dropout: float = 0.0  # dropout inside ResBlocks (DDPM used 0.1 on CIFAR-10)
     groups: int = 8  # GroupNorm groups; must divide every level's channel count
+    # a guidance-distilled student (LCM): the guidance weight w is an input, embedded like t and added to the time
+    # embedding, so one forward pass does what classifier-free guidance does with two
+    guidance_embed: bool = False
 
     def __post_init__(self):
         # JSON round trips turn tuples into lists; normalise so configs compare equal.
@@ -102,6 +106,9 @@ class UNet(nn.Module):
         self.config = cfg = config
         temb_dim = 4 * cfg.base_channels
         self.time_embed = TimestepEmbedder(cfg.base_channels, temb_dim)
+        # LCM's w-embedding (diffusers' `time_cond_proj_dim`): sinusoidal features of 1000 w, projected; zero-init,
+        # so a student initialised from its teacher starts as the teacher, whatever w
+        self.guidance_proj = nn.Linear(cfg.base_channels, temb_dim) if cfg.guidance_embed else None
         self.conv_in = nn.Conv2d(cfg.in_channels, cfg.base_channels, 3, padding=1)
 
         # Down path: every layer's output is saved as a skip for the up path.
@@ -143,7 +150,7 @@ class UNet(nn.Module):
         Every residual block then starts as the identity and the network starts by predicting eps = 0,
         which keeps early training stable (as in DDPM's `zero_module` / Improved DDPM / DiT's adaLN-Zero).
         """
-        zero = [self.conv_out]
+        zero = [self.conv_out] + ([self.guidance_proj] if self.guidance_proj is not None else [])
         for module in self.modules():
             if isinstance(module, ResBlock):
                 zero.append(module.conv2)
@@ -153,7 +160,7 @@ class UNet(nn.Module):
             nn.init.zeros_(layer.weight)
             nn.init.zeros_(layer.bias)
 
-    def _check_inputs(self, x_t, t, cond, cond_mask) -> torch.Tensor:
+    def _check_inputs(self, x_t, t, cond, cond_mask, w) -> torch.Tensor:
         cfg = self.config
         factor = 2 ** (len(cfg.channel_mult) - 1)
         if x_t.ndim != 4 or x_t.shape[1] != cfg.in_channels or x_t.shape[2] % factor or x_t.shape[3] % factor:
@@ -161,6 +168,12 @@ class UNet(nn.Module):
                              f"e.g. (B, {cfg.in_channels}, {cfg.image_size}, {cfg.image_size}); got {tuple(x_t.shape)}")
         B = x_t.shape[0]
         t = broadcast_timesteps(t, B, x_t.device)
+        if cfg.guidance_embed and w is None:
+            raise ValueError("this U-Net is guidance-distilled (config.guidance_embed): pass the guidance weight "
+                             "w = guidance_scale - 1, e.g. through course_lib.guidance.GuidedModel")
+        if w is not None and not cfg.guidance_embed:
+            raise ValueError("this U-Net takes no guidance weight w (config.guidance_embed is False): use "
+                             "classifier-free guidance (course_lib.guidance.GuidedModel) instead")
         if cond is None:
             if cond_mask is not None:
                 raise ValueError("cond_mask was given without cond")
@@ -176,10 +189,15 @@ class UNet(nn.Module):
         return t
 
     def forward(self, x_t: torch.Tensor, t, cond: torch.Tensor | None = None,
-                cond_mask: torch.Tensor | None = None) -> torch.Tensor:
-        """Predict the noise eps in x_t = sqrt(alpha_bar_t) x0 + sqrt(1 - alpha_bar_t) eps (Ho et al. 2020, eq. 4)."""
-        t = self._check_inputs(x_t, t, cond, cond_mask)
+                cond_mask: torch.Tensor | None = None, w=None) -> torch.Tensor:
+        """Predict the noise eps in x_t = sqrt(alpha_bar_t) x0 + sqrt(1 - alpha_bar_t) eps (Ho et al. 2020, eq. 4).
+
+        w: guidance-distilled models only, the guidance weight (a number or (B,)) the prediction should carry."""
+        t = self._check_inputs(x_t, t, cond, cond_mask, w)
         temb = self.time_embed(t)  # (B, 4 * base_channels)
+        if self.guidance_proj is not None:
+            w = broadcast_timesteps(w, x_t.shape[0], x_t.device)  # (B,)
+            temb = temb + self.guidance_proj(timestep_embedding(w * 1000, self.config.base_channels))  # as diffusers
         if cond is not None:
             cond = cond.to(x_t.dtype)
 
