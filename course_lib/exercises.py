@@ -244,3 +244,91 @@ def check_scaling(to_diffusion: Callable, from_diffusion: Callable, scaling_fact
     if torch.allclose(back, got * scaling_factor):
         raise AssertionError("from_diffusion multiplies again; undo the scaling: divide by scaling_factor")
     _close(back, z, "from_diffusion(to_diffusion(z, s), s)", "z (the round trip must give z back)")
+
+
+# ----- chapter 7: samplers as ODE solvers --------------------------------------------------------------------
+
+DATA_STD = 0.5  # the checks' data: N(0, 0.5^2) per pixel, whose exact denoiser is known in closed form
+
+
+def _gaussian_denoise(x: torch.Tensor, sigma) -> torch.Tensor:
+    """The exact x0 = E[x0 | x] for N(0, s^2) data seen as x = x0 + sigma eps: x * s^2 / (s^2 + sigma^2)."""
+    return x * DATA_STD**2 / (DATA_STD**2 + sigma**2)
+
+
+def _gaussian_eps_model(schedule: NoiseSchedule) -> Callable:
+    """The same exact denoiser as an eps-model on x_t's own scale, for course_lib's samplers."""
+    def eps_model(x_t, t):
+        a = schedule.alphas_cumprod[t.long().cpu()].view(-1, *[1] * (x_t.ndim - 1)).to(x_t)  # (B, 1, 1, 1)
+        return (1 - a).sqrt() * x_t / (a * DATA_STD**2 + 1 - a)
+    return eps_model
+
+
+def _one_sampler_step(sampler, schedule: NoiseSchedule, x: torch.Tensor, t: int, t_next: int | None):
+    """Where course_lib's sampler takes the sigma-space sample x at timestep t: to t_next, or to clean data (None)."""
+    from .samplers import SAMPLERS  # (exercises sit above every layer; imported here to keep import time small)
+    from .schedules import from_sigma_space, to_sigma_space
+
+    sigmas = schedule.sigmas
+    records = []
+    SAMPLERS[sampler](_gaussian_eps_model(schedule), from_sigma_space(x, sigmas[t]), schedule,
+                      [t] if t_next is None else [t, t_next], callback=records.append)
+    return records[0].x_t if t_next is None else to_sigma_space(records[0].x_t, sigmas[t_next])
+
+
+def _sigma_cases():
+    schedule = NoiseSchedule.linear()
+    g = torch.Generator().manual_seed(7)
+    for t, t_next in ((999, 666), (500, 300), (120, 40), (40, 0)):
+        x = DATA_STD * torch.randn(2, 3, 4, 4, generator=g) + schedule.sigmas[t] * torch.randn(2, 3, 4, 4, generator=g)
+        yield schedule, t, t_next, x
+
+
+def check_euler_step(fn: Callable) -> None:
+    """Chapter 7: `fn(x, x0, sigma, sigma_next)` must take one Euler step of dx/dsigma = (x - x0) / sigma."""
+    for schedule, t, t_next, x in _sigma_cases():
+        sigma, sigma_next = schedule.sigmas[t], schedule.sigmas[t_next]
+        x0 = _gaussian_denoise(x, sigma)
+        want = _one_sampler_step("euler", schedule, x, t, t_next)
+        got = fn(x, x0, sigma, sigma_next)
+        wrong_sign = x + (sigma - sigma_next) * (x - x0) / sigma
+        if isinstance(got, torch.Tensor) and got.shape == x.shape and torch.allclose(got, wrong_sign, atol=1e-5):
+            raise AssertionError("the step goes the wrong way: sigma DEcreases, so multiply the slope by "
+                                 "(sigma_next - sigma), a negative number")
+        _close(got, want, f"sigma {sigma:.3g} -> {sigma_next:.3g}",
+               "slope d = (x - x0) / sigma (it is the predicted noise), then x + d * (sigma_next - sigma)",
+               atol=1e-4 * max(1.0, float(sigma)))
+    print("✓ the Euler step is right")
+
+
+def check_heun_step(fn: Callable) -> None:
+    """Chapter 7: `fn(denoise, x, sigma, sigma_next)` must take one Heun step, calling denoise(x, sigma) -> x0
+    twice (once where the step starts, once where Euler lands), and only once when sigma_next is 0."""
+    cases = [(schedule, t, t_next, x) for schedule, t, t_next, x in _sigma_cases()]
+    schedule, t, _, x = cases[1]
+    cases.append((schedule, t, None, x))  # the last step, down to sigma = 0
+    for schedule, t, t_next, x in cases:
+        sigma = schedule.sigmas[t]
+        sigma_next = torch.tensor(0.0) if t_next is None else schedule.sigmas[t_next]
+        calls = []
+
+        def denoise(x_in, s):
+            calls.append(float(s))
+            return _gaussian_denoise(x_in, s)
+
+        got = fn(denoise, x, sigma, sigma_next)
+        euler = x + (sigma_next - sigma) * (x - _gaussian_denoise(x, sigma)) / sigma
+        if t_next is None:
+            if len(calls) != 1:
+                raise AssertionError(f"at sigma_next = 0 call denoise once (you called it {len(calls)} times): the "
+                                     "slope (x - x0) / sigma_next has no value there, so the last step stays Euler")
+            _close(got, euler, "the last step (sigma_next = 0)", "return the Euler step unchanged")
+            continue
+        if isinstance(got, torch.Tensor) and got.shape == x.shape and torch.allclose(got, euler, atol=1e-5):
+            raise AssertionError("that is the Euler step: now evaluate the slope where it lands and average the two")
+        if len(calls) != 2 or calls[1] != float(sigma_next):
+            raise AssertionError(f"call denoise twice, at sigma then at sigma_next (you called it at {calls})")
+        _close(got, _one_sampler_step("heun", schedule, x, t, t_next), f"sigma {sigma:.3g} -> {sigma_next:.3g}",
+               "x + (d + d_next) / 2 * (sigma_next - sigma), with d_next the slope at the Euler point x_euler",
+               atol=1e-4 * max(1.0, float(sigma)))
+    print("✓ the Heun step is right")

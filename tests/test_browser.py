@@ -13,7 +13,7 @@ import pytest
 REPO = Path(__file__).resolve().parents[1]
 CHAPTER_1 = REPO / "notebooks" / "01_forward_noising.ipynb"
 
-STATUS = re.compile(r"step \d+/\d+")  # the player's status label, e.g. "step 7/20 · t=649 · 0.41 s"
+STATUS = re.compile(r"step \d+/\d+")  # the player's status label, e.g. "step 7/20 · NFE 7 · t=649 · 0.41 s"
 
 pytestmark = pytest.mark.browser
 

@@ -171,3 +171,38 @@ def test_check_scaling_accepts_the_answer_and_catches_the_inverted_factor():
         ex.check_scaling(lambda z, s: z * s, lambda z, s: z * s, 0.5687)
     with pytest.raises(AssertionError, match="round trip"):
         ex.check_scaling(lambda z, s: z * s, lambda z, s: z, 0.5687)
+
+
+# ----- chapter 7: samplers -------------------------------------------------------------------------------------
+
+def _heun(denoise, x, s, s_next, at_landing=True, euler_last=True):
+    d = (x - denoise(x, s)) / s
+    x_euler = x + d * (s_next - s)
+    if s_next == 0 and euler_last:
+        return x_euler
+    where = x_euler if at_landing else x
+    d_next = (where - denoise(where, s_next)) / max(float(s_next), 1e-3)
+    return x + (d + d_next) / 2 * (s_next - s)
+
+
+def test_sampler_step_checks_accept_the_right_answers_and_reject_typical_mistakes():
+    from course_lib.exercises import check_euler_step, check_heun_step
+
+    check_euler_step(lambda x, x0, s, s_next: x + (s_next - s) * (x - x0) / s)
+    wrong_euler = (
+        lambda x, x0, s, s_next: x + (s - s_next) * (x - x0) / s,  # steps up in noise
+        lambda x, x0, s, s_next: x + (s_next - s) * (x - x0),  # forgets to divide by sigma
+        lambda x, x0, s, s_next: x0 + s_next * (x - x0),  # re-noises with the wrong scale
+    )
+    for fn in wrong_euler:
+        with pytest.raises(AssertionError):
+            check_euler_step(fn)
+    check_heun_step(_heun)
+    wrong_heun = (
+        lambda dn, x, s, s_next: _heun(dn, x, s, s_next, at_landing=False),  # second slope at the start point
+        lambda dn, x, s, s_next: _heun(dn, x, s, s_next, euler_last=False),  # a trapezoid into sigma = 0
+        lambda dn, x, s, s_next: x + (s_next - s) * (x - dn(x, s)) / s,  # plain Euler
+    )
+    for fn in wrong_heun:
+        with pytest.raises(AssertionError):
+            check_heun_step(fn)

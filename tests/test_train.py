@@ -21,11 +21,11 @@ from course_lib.losses import EpsilonLoss
 from course_lib.models import unet_tiny
 from course_lib.recipes import RECIPES
 from course_lib.schedules import NoiseSchedule
-from course_lib.tasks import Autoencoding, Classification, Contrastive, Denoising
+from course_lib.tasks import Autoencoding, Classification, ConsistencyDistillation, Contrastive, Denoising
 from course_lib.training import TrainConfig
 
-SMALLER_TASK = {Denoising: dict(sample_steps=2), Autoencoding: dict(eval_n=4), Classification: dict(eval_n=8),
-                Contrastive: dict(eval_n=8)}
+SMALLER_TASK = {Denoising: dict(sample_steps=2), ConsistencyDistillation: dict(sample_steps=2),
+                Autoencoding: dict(eval_n=4), Classification: dict(eval_n=8), Contrastive: dict(eval_n=8)}
 
 
 def tiny(name: str, **train) -> "train_mod.Recipe":

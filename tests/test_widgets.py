@@ -200,7 +200,16 @@ def test_player_structure(player):
     # one frame: x_t row over predicted-x0 row, n=2 tiles per row, at scale 3, plus the label gutter
     frame = decode_png(player.image.value)
     assert frame.shape[0] == 3 * (2 * SIZE + 2)
-    assert player.status.value.startswith("step 4/4 · t=")
+    assert player.status.value.startswith("step 4/4 · NFE 4 · t=")
+
+
+def test_player_shows_model_calls_for_every_sampler(player):
+    assert list(player.sampler_dropdown.options) == list(samplers.SAMPLERS)  # one registry, all six
+    calls = player.model.calls
+    player.sampler_dropdown.value = "heun"  # 4 steps: 3 Heun steps of 2 calls, then a final Euler step
+    assert player.model.calls - calls == 7
+    assert player.status.value.startswith("step 4/4 · NFE 7 · t=")
+    assert [c.split(" · ")[1] for c in player.trajectory.captions] == ["NFE 2", "NFE 4", "NFE 6", "NFE 7"]
 
 
 def test_player_initial_run_frames_and_calls(player):
@@ -293,8 +302,8 @@ def test_player_decode_and_eps_model_hooks(tiny_unet):
 
 def test_player_rejects_bad_input(tiny_unet):
     schedule = NoiseSchedule.linear()
-    with pytest.raises(ValueError, match="ddpm, ddim"):
-        DenoisingPlayer(tiny_unet, schedule, sampler="euler", autorun=False)
+    with pytest.raises(ValueError, match="ddpm, ddim, euler, heun, dpmpp_2m, lcm"):
+        DenoisingPlayer(tiny_unet, schedule, sampler="euler_a", autorun=False)
     with pytest.raises(ValueError, match=r"steps must be an int in \[1, 100\]"):
         DenoisingPlayer(tiny_unet, schedule, steps=0, autorun=False)
     with pytest.raises(ValueError, match="eps_model"):

@@ -1,6 +1,7 @@
-"""`python -m course_lib.evaluation {cfg,steps,pixel-vs-latent,kl,floors}`: run a sweep at full size, print its table.
+"""`python -m course_lib.evaluation {cfg,steps,samplers,pixel-vs-latent,kl,floors}`: run a sweep, print its table.
 
-pixel-vs-latent and kl also write the JSON the notebooks read (data/pixel_vs_latent.json, data/vae_kl_sweep.json);
+samplers, pixel-vs-latent and kl also write the JSON the notebooks read (data/samplers_vs_nfe.json,
+data/pixel_vs_latent.json, data/vae_kl_sweep.json);
 floors measures every shipped checkpoint against the quality floor of its recipe (--write records it in its JSON).
 """
 from __future__ import annotations
@@ -18,10 +19,14 @@ from course_lib.metrics.prompts import EVAL_SEED, _check_int, fresh_prompts, hel
 from course_lib.pretrained import CHECKPOINT_DIR, CheckpointError, CheckpointNotFoundError
 from course_lib.recipes import RECIPES
 
+from course_lib.samplers import SAMPLERS
+
+from .samplers import LCM_MODEL, SAMPLER_NFES, SWEEP_SAMPLERS, WITHIN, samplers_sweep, summarize
 from .sweeps import CFG_SCALES, UNCONDITIONAL_MODEL, cfg_sweep, kl_sweep, pixel_vs_latent, steps_sweep
 
 PIXEL_VS_LATENT_PATH = CHECKPOINT_DIR.parent / "pixel_vs_latent.json"  # chapter 4's table
 KL_SWEEP_PATH = CHECKPOINT_DIR.parent / "vae_kl_sweep.json"  # chapter 4's KL-weight table
+SAMPLERS_PATH = CHECKPOINT_DIR.parent / "samplers_vs_nfe.json"  # chapter 7's table
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -33,7 +38,7 @@ def _parser() -> argparse.ArgumentParser:
     cfg.add_argument("--prompts", type=int, default=8, help="number of fresh prompts (default 8)")
     cfg.add_argument("--per-prompt", type=int, default=3, help="images per prompt and scale (default 3)")
     cfg.add_argument("--steps", type=int, default=15, help="sampler steps (default 15)")
-    cfg.add_argument("--sampler", default="ddim", help="ddim or ddpm (default ddim)")
+    cfg.add_argument("--sampler", default="ddim", help=f"one of {', '.join(SAMPLERS)} (default ddim)")
     cfg.add_argument("--model", default=DEFAULT_MODEL, help=f"checkpoint (default {DEFAULT_MODEL})")
     cfg.add_argument("--held-out-draws", type=int, default=1,
                      help="held-out prompt sets (6 prompts each, seeds held-out-seed, +1, ...; default 1)")
@@ -41,13 +46,27 @@ def _parser() -> argparse.ArgumentParser:
     cfg.add_argument("--held-out-only", action="store_true", help="skip the fresh (seen-combination) prompts")
     steps = sub.add_parser("steps", help="step-count sweep of an unconditional checkpoint (DDIM and DDPM)")
     steps.add_argument("--steps", type=int, nargs="+", default=[5, 10, 20, 50], help="step counts")
-    steps.add_argument("--samplers", nargs="+", default=["ddim", "ddpm"], help="samplers (default ddim ddpm)")
+    steps.add_argument("--samplers", nargs="+", default=["ddim", "ddpm"],
+                       help=f"any of {', '.join(SAMPLERS)} (default ddim ddpm)")
     steps.add_argument("--n", type=int, default=256, help="images per run (default 256)")
     steps.add_argument("--model", default=UNCONDITIONAL_MODEL, help=f"checkpoint (default {UNCONDITIONAL_MODEL})")
     for p in (cfg, steps):
         p.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
         p.add_argument("--checkpoint-dir", default=None, help="where the checkpoints are (default data/checkpoints)")
         p.add_argument("--device", default=None, help="cpu, cuda, mps (default: course_lib.device())")
+    smp = sub.add_parser("samplers", help="chapter 7's table: quality against model calls (NFE) for every sampler")
+    smp.add_argument("--samplers", nargs="+", default=list(SWEEP_SAMPLERS), help=f"any of {', '.join(SAMPLERS)}")
+    smp.add_argument("--nfes", type=int, nargs="+", default=list(SAMPLER_NFES), help="model calls per image")
+    smp.add_argument("--prompts", type=int, default=8, help="fresh prompts (default 8)")
+    smp.add_argument("--per-prompt", type=int, default=8, help="images per prompt and row (default 8)")
+    smp.add_argument("--guidance-scale", type=float, default=5.0, help="CFG scale (default 5)")
+    smp.add_argument("--reference-steps", type=int, default=1000, help="DDPM steps of the reference row (1000)")
+    smp.add_argument("--model", default=DEFAULT_MODEL, help=f"the teacher (default {DEFAULT_MODEL})")
+    smp.add_argument("--lcm-model", default=LCM_MODEL, help=f"the student the lcm rows use (default {LCM_MODEL})")
+    smp.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
+    smp.add_argument("--checkpoint-dir", default=None, help="where the checkpoints are (default data/checkpoints)")
+    smp.add_argument("--device", default=None, help="cpu, cuda, mps (default: course_lib.device())")
+    smp.add_argument("-o", "--output", default=str(SAMPLERS_PATH), help="JSON to write")
     pvl = sub.add_parser("pixel-vs-latent", help="chapter 4's table: shapes64-t2i vs shapes64-latent-t2i (CPU)")
     pvl.add_argument("--prompts", type=int, default=48, help="fresh prompts (default 48)")
     pvl.add_argument("--per-prompt", type=int, default=4, help="images per prompt (default 4)")
@@ -78,6 +97,28 @@ def _cfg(args) -> None:
     for title, prompts in tests + [(f"held-out pairs, {len(held_out)} prompts", held_out)]:
         print(f"\n{title}, {args.per_prompt} images each, {args.steps} {args.sampler} steps:")
         print(cfg_sweep(scales, prompts, **settings))
+
+
+def _samplers(args, parser) -> dict:
+    if min(args.prompts, args.per_prompt, args.reference_steps) < 1 or args.guidance_scale < 0:
+        parser.error("--prompts, --per-prompt and --reference-steps must be >= 1, --guidance-scale >= 0")
+    device = course_lib.device(args.device)
+    sweep = samplers_sweep(args.samplers, args.nfes, prompts=fresh_prompts(args.prompts), n_per_prompt=args.per_prompt,
+                           guidance_scale=args.guidance_scale, seed=args.seed, model=args.model,
+                           lcm_model=args.lcm_model, reference=("ddpm", args.reference_steps),
+                           directory=args.checkpoint_dir, device=device, progress=True)
+    n = args.prompts * args.per_prompt
+    print(f"\n{n} images per row ({args.prompts} prompts x {args.per_prompt}), guidance {args.guidance_scale:g}:")
+    print(sweep.table(["sampler", "nfe", "frechet_distance", "frechet_distance_se", "prompt_accuracy",
+                       "seconds_per_image"]))
+    command = (f"python -m course_lib.evaluation samplers --prompts {args.prompts} --per-prompt {args.per_prompt} "
+               f"--guidance-scale {args.guidance_scale:g} --nfes {' '.join(map(str, args.nfes))} "
+               f"--samplers {' '.join(args.samplers)} --reference-steps {args.reference_steps} --seed {args.seed}")
+    return {"rows": sweep.rows, "summary": summarize(sweep), "real_vs_real_fd": sweep.baseline["frechet_distance"],
+            "images_per_row": n, "device": course_lib.device_name(device), "threads": torch.get_num_threads(),
+            "settings": {"prompts": args.prompts, "per_prompt": args.per_prompt, "guidance_scale": args.guidance_scale,
+                         "model": args.model, "lcm_model": args.lcm_model, "seed": args.seed, "within": WITHIN},
+            "command": command + (f" --device {args.device}" if args.device else "")}
 
 
 def _pixel_vs_latent(args, parser) -> dict:
@@ -141,7 +182,8 @@ def main(argv: list[str] | None = None) -> None:
         elif args.command == "floors":
             _floors(args)
         else:
-            record = (_pixel_vs_latent if args.command == "pixel-vs-latent" else _kl)(args, parser)
+            write = {"samplers": _samplers, "pixel-vs-latent": _pixel_vs_latent, "kl": _kl}[args.command]
+            record = write(args, parser)
             Path(args.output).write_text(json.dumps(record, indent=2) + "\n")
             print(f"wrote {args.output}")
     except (TypeError, ValueError, CheckpointNotFoundError, CheckpointError) as e:

@@ -132,6 +132,22 @@ def frechet_distance(images_a: torch.Tensor, images_b: torch.Tensor, classifier)
     return frechet_distance_from_stats(mu_a, s_a, mu_b, s_b)
 
 
+def frechet_distance_se(images_a: torch.Tensor, images_b: torch.Tensor, classifier, *, resamples: int = 20,
+                        seed: int = 0) -> tuple[float, float]:
+    """(Fréchet distance, its bootstrap standard error): the std of the distance over `resamples` redraws of
+    images_a with replacement (images_b, the reference, held fixed). Differences far below the error are noise."""
+    if isinstance(resamples, bool) or not isinstance(resamples, int) or resamples < 2:
+        raise ValueError(f"resamples must be an int >= 2 (e.g. 20), got {resamples!r}")
+    fd = frechet_distance(images_a, images_b, classifier)
+    features_a = classifier_features(images_a, classifier)
+    mu_b, s_b = feature_stats(classifier_features(images_b, classifier))
+    g = torch.Generator().manual_seed(seed)
+    draws = [frechet_distance_from_stats(*feature_stats(features_a[torch.randint(0, len(features_a),
+                                                                                   (len(features_a),), generator=g)]),
+                                         mu_b, s_b) for _ in range(resamples)]
+    return fd, float(torch.tensor(draws).std())
+
+
 def classifier_accuracy(model: ShapesClassifier, images: torch.Tensor, attrs: list[Attributes],
                         batch_size: int = 256) -> dict[str, float]:
     """How well a classifier reads labelled images: accuracy per attribute, plus "all" (every attribute right)."""

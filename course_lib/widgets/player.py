@@ -30,7 +30,7 @@ class Trajectory:
     """One finished sampling run as the widget shows it."""
 
     frames: list[bytes] = field(default_factory=list)  # one PNG per StepRecord: x_t row over predicted-x0 row
-    captions: list[str] = field(default_factory=list)  # status text per frame, "step 7/20 · t=649 · 0.41 s"
+    captions: list[str] = field(default_factory=list)  # status per frame, "step 7/20 · NFE 13 · t=649 · 0.41 s"
     final: torch.Tensor | None = None  # the sampler's return value (B, C, H, W), before `decode`
 
 
@@ -189,7 +189,8 @@ class DenoisingPlayer(widgets.VBox):
 
         def on_step(record: StepRecord) -> None:
             traj.frames.append(self.render(record))
-            traj.captions.append(f"step {record.step + 1}/{steps} · t={record.t} · {time.perf_counter() - start:.2f} s")
+            elapsed = time.perf_counter() - start  # NFE: model calls so far, the honest cost (Heun: 2 per step)
+            traj.captions.append(f"step {record.step + 1}/{steps} · NFE {record.nfe} · t={record.t:g} · {elapsed:.2f} s")
             self.image.value = traj.frames[-1]  # sent to the browser right away: the live animation
             self.status.value = traj.captions[-1]
             self.frame_slider.value = record.step
