@@ -24,7 +24,6 @@ NFE ("number of function evaluations") counts eps_model calls; it, not the step 
 """
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass
 from typing import Callable
 

@@ -1,5 +1,4 @@
 """The sigma-space samplers (Euler, Heun, DPM-Solver++(2M)) and LCM: equal to diffusers' step loops, call counts."""
-import math
 
 import pytest
 import torch
