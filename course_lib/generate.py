@@ -1,48 +1,67 @@
 """Text to image in one call: `generate("a small blue star at the top")`, or from a shell:
 
     python -m course_lib.generate "a small blue star at the top" --steps 20 --guidance-scale 5 -o star.png --gif
+    python -m course_lib.generate "a red circle" -n 100000 -o circles/      # numbered PNGs, one batch at a time
 
 A thin layer over the pieces of the course: the checkpoint (`pretrained.load_checkpoint`) names its frozen text
 encoder (`pretrained.load_text_encoder`) and, for latent models, its VAE (`latent.latent_decoder`); the prompt
 becomes token embeddings, `GuidedModel` applies classifier-free guidance (Ho & Salimans 2022), and a sampler
 from `course_lib.samplers` owns the loop. Nothing here does diffusion math.
+
+Images are sampled `batch_size` at a time (`generate_batches` yields them batch by batch), so memory stays flat in
+the number of images; image k starts from the k-th noise draw of the seed's generator whatever the batch size.
 """
 from __future__ import annotations
 
 import argparse
-from collections.abc import Callable
-from dataclasses import dataclass
+import json
+import math
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import numpy as np
 import torch
+from tqdm.auto import tqdm
 
 import course_lib
-from course_lib import pretrained
+from course_lib import pretrained, samplers
 from course_lib.guidance import GuidedModel
 from course_lib.images import grid, label_rows, png_bytes, upscale
 from course_lib.latent import latent_decoder
-from course_lib.pretrained import CheckpointError, CheckpointNotFoundError, Pretrained, load_checkpoint, \
+from course_lib.pretrained import CheckpointError, CheckpointNotFoundError, Pretrained, image_shape, load_checkpoint, \
     load_text_encoder, sample_shape
 from course_lib.samplers import StepRecord, get_sampler, make_timesteps
 
 DEFAULT_MODEL = "shapes32-t2i"  # the shipped text-to-image U-Net (retrain: python -m course_lib.train shapes32-t2i)
+GRID_MAX = 64  # the command line writes up to this many images as one PNG grid; more go to numbered PNGs
+# The default batch: 64 images of 3x32x32 on a CPU, 8 times that on an accelerator; bigger images get
+# proportionally fewer (see default_batch_size).
+BATCH_VALUES = {"cpu": 64 * 3 * 32 * 32, "accelerator": 8 * 64 * 3 * 32 * 32}
+SEED_RULE = ("image k starts from the k-th torch.randn((C, H, W), generator=g) draw of g = "
+             "torch.Generator().manual_seed(seed), (C, H, W) the model's sample shape, whatever the batch size (for "
+             "the course's models the same numbers as one torch.randn((n, C, H, W), generator=g) draw); image k "
+             "alone is first=k, n=1 (--first k -n 1): the same image up to float round-off with a sampler that draws "
+             "no noise (ddim); one that does (ddpm) draws its per-step noise from g after the run's last x_T, batch "
+             "after batch, so its images repeat for the same seed, n, first and batch_size")
 
 
 @dataclass
 class Generation:
-    """What `generate` returns; everything on the CPU."""
+    """What `generate` returns (and `generate_batches` yields, one per batch); everything on the CPU."""
 
     images: torch.Tensor  # (n, 3, H, W) final images in [-1, 1] (not clipped: the sampler's output, decoded if latent)
     records: list[StepRecord]  # one per sampler step: x_t after the step and the predicted x0 (latents if latent)
     latents: torch.Tensor | None = None  # latent models: the sampler's output (n, 4, h, w) before decoding
     decode: Callable | None = None  # latent models: latents -> images (e.g. for the records); None for pixels
+    first: int = 0  # the index of images[0] in the seed's sequence of images (see SEED_RULE)
 
 
 # ----- the pipeline ------------------------------------------------------------------------------------------------
 def generate(prompt: str, *, steps: int = 20, guidance_scale: float = 5.0, sampler: str = "ddim", seed: int = 0,
-             n: int = 4, model="shapes32-t2i", device=None, directory=None, callback=None) -> Generation:
-    """Sample n images for a prompt with classifier-free guidance (Ho & Salimans 2022) and a DDIM/DDPM sampler.
+             n: int = 4, first: int = 0, batch_size: int | None = None, model="shapes32-t2i", device=None,
+             directory=None, callback=None) -> Generation:
+    """Sample n images for a prompt with classifier-free guidance (Ho & Salimans 2022) and a sampler.
 
     prompt          a caption like "a small blue star at the top". The empty prompt "" is the *unconditional*
                     prompt (the one the model saw when captions were dropped in training): it gives unconditional
@@ -50,15 +69,46 @@ def generate(prompt: str, *, steps: int = 20, guidance_scale: float = 5.0, sampl
     steps           number of sampler steps (>= 1; trailing spacing, see `samplers.make_timesteps`)
     guidance_scale  diffusers' convention: 1 = no guidance (the plain conditional model), 0 = ignore the prompt,
                     > 1 = follow the prompt more strongly (fewer kinds of images)
-    sampler         a name from `samplers.SAMPLERS` ("ddim", "ddpm")
-    seed            seeds one CPU generator that draws x_T and the sampler's noise: the same images on every device
+    sampler         a name from `samplers.SAMPLERS` ("ddim", "ddpm", ...)
+    seed            seeds one CPU generator that draws x_T and the sampler's noise: the same images on every device.
+                    Image k starts from the generator's k-th draw of one x_T (SEED_RULE): as if all were drawn at
+                    once, torch.randn((first + n, C, H, W), generator=torch.Generator().manual_seed(seed))[k].
+    n, first        images first, first + 1, ..., first + n - 1 of the seed's sequence (first=k, n=1: image k alone)
+    batch_size      images per sampler call (default: `default_batch_size`); lower it when memory runs out. With
+                    a sampler that draws no noise (ddim) only float round-off depends on it.
     model           a text-conditional checkpoint name (in `directory`, default data/checkpoints) or a loaded
                     `Pretrained`; its text encoder (and VAE, for latent models) named in its JSON are loaded
                     from the same directory. Latent models sample latents, decoded once at the end.
     device          where to sample (default: a given Pretrained's device, else course_lib.device())
-    callback        called with each step's StepRecord (on the CPU), e.g. to show progress
+    callback        called with each step's StepRecord (on the CPU) of each batch, e.g. to show progress
+
+    All n images and every step's records (2 * steps * n samples) stay in memory; for many images iterate over
+    `generate_batches` instead, which holds one batch at a time.
     """
-    _check_arguments(prompt, steps, guidance_scale, sampler, seed, n)
+    batches = list(generate_batches(prompt, steps=steps, guidance_scale=guidance_scale, sampler=sampler, seed=seed,
+                                    n=n, first=first, batch_size=batch_size, model=model, device=device,
+                                    directory=directory, callback=callback))
+    if len(batches) == 1:
+        return batches[0]
+    try:
+        return _concatenate(batches)
+    except RuntimeError as e:
+        if not _out_of_memory(e):
+            raise
+        raise MemoryError(f"{n} images and their {steps} steps of records do not fit in memory together: iterate "
+                          f"over generate_batches(...) to hold one batch at a time (the command line writes them "
+                          f"to a directory: -o DIR/)") from e
+
+
+def generate_batches(prompt: str, *, steps: int = 20, guidance_scale: float = 5.0, sampler: str = "ddim",
+                     seed: int = 0, n: int = 4, first: int = 0, batch_size: int | None = None, model="shapes32-t2i",
+                     device=None, directory=None, callback=None) -> Iterator[Generation]:
+    """`generate`, one batch at a time: yields a Generation of up to batch_size images (its `first` says which).
+
+    Same arguments as `generate`. The arguments are checked and the checkpoint loaded when this is called; each
+    batch is sampled when the loop asks for it, so memory holds one batch however large n is.
+    """
+    _check_arguments(prompt, steps, guidance_scale, sampler, seed, n, first, batch_size)
     from course_lib.models.clip import tokenize  # (open_clip is slow to import: not at import time)
 
     tokenize(prompt)  # a too-long prompt fails here, before any checkpoint is loaded
@@ -77,30 +127,91 @@ def generate(prompt: str, *, steps: int = 20, guidance_scale: float = 5.0, sampl
     p.model.eval()  # dropout off: the same seed must give the same images
 
     eps_model = GuidedModel(p.model, *encoder(prompt), *encoder(""), guidance_scale)  # cond (1, L, D), uncond
-    generator = torch.Generator().manual_seed(int(seed))
     decode = latent_decoder(p, device, directory)  # None for a pixel-space model
-    x_T = torch.randn((n, *sample_shape(p)), generator=generator).to(device)  # (n, C, H, W), drawn on the CPU
-    records = []
+    batch_size = default_batch_size(p, device) if batch_size is None else int(batch_size)
+    shape = sample_shape(p)  # (C, H, W) of one x_T: latents for a latent model
+    sample = get_sampler(sampler)
+    timesteps = make_timesteps(p.schedule, steps)
 
-    def on_step(record: StepRecord) -> None:
-        record = StepRecord(record.step, record.t, record.x_t.cpu(), record.x0.cpu())
-        records.append(record)
-        if callback is not None:
-            callback(record)
+    def batches() -> Iterator[Generation]:
+        noise = torch.Generator().manual_seed(int(seed))  # x_T of image 0, 1, 2, ... in turn (SEED_RULE)
+        _skip(noise, first, shape)
+        step_noise = torch.Generator().set_state(noise.get_state())  # a noisy sampler's noise: after the last x_T
+        _skip(step_noise, n, shape)  # (with one batch: where drawing all n x_T at once leaves the generator)
+        for start in range(first, first + n, batch_size):
+            size = min(batch_size, first + n - start)
+            # one draw per image, so image k's x_T does not depend on its batch (torch's CPU randn fills 16 values
+            # at a time: when C*H*W is a multiple of 16, as for every course model, these are the numbers of one
+            # torch.randn((size, C, H, W)) draw, so earlier versions' and the DenoisingPlayer's images stay the same)
+            x_T = torch.stack([torch.randn(shape, generator=noise) for _ in range(size)])  # (size, C, H, W)
+            records = []
 
-    samples = get_sampler(sampler)(eps_model, x_T, p.schedule, make_timesteps(p.schedule, steps),
-                                   callback=on_step, generator=generator)  # the generator goes on drawing DDPM noise
-    if decode is None:
-        return Generation(images=samples.float().cpu(), records=records)
-    return Generation(images=decode(samples), records=records, latents=samples.float().cpu(), decode=decode)
+            def on_step(record: StepRecord) -> None:
+                record = replace(record, x_t=record.x_t.cpu(), x0=record.x0.cpu())  # every other field as is
+                records.append(record)
+                if callback is not None:
+                    callback(record)
+
+            try:
+                samples = sample(eps_model, x_T.to(device), p.schedule, timesteps, callback=on_step,
+                                 generator=step_noise)
+                images = samples.float().cpu() if decode is None else decode(samples)
+            except RuntimeError as e:  # torch.OutOfMemoryError is a RuntimeError too
+                if not _out_of_memory(e):
+                    raise
+                raise MemoryError(_too_big(size, image_shape(p), device)) from e
+            latents = None if decode is None else samples.float().cpu()
+            yield Generation(images=images, records=records, latents=latents, decode=decode, first=start)
+
+    return batches()
 
 
-def _check_arguments(prompt, steps, guidance_scale, sampler, seed, n) -> None:
+def default_batch_size(p: Pretrained, device) -> int:
+    """Images per sampler call when none is given: BATCH_VALUES pixel values of the *decoded* images (a latent
+    model's VAE decodes each batch at full size), so 64 shapes32 images on a CPU, 16 of 64x64."""
+    budget = BATCH_VALUES["cpu" if torch.device(device).type == "cpu" else "accelerator"]
+    return max(1, budget // math.prod(image_shape(p)))
+
+
+def _skip(generator: torch.Generator, count: int, shape) -> None:
+    """Advance the generator past `count` x_T draws, one at a time (no memory held), as if they had been drawn."""
+    for _ in range(count):
+        torch.randn(shape, generator=generator)
+
+
+def _concatenate(batches: list[Generation]) -> Generation:
+    """One Generation from consecutive batches: images, latents and each step's records joined along the batch."""
+    records = [replace(r, x_t=torch.cat([b.records[i].x_t for b in batches]),
+                       x0=torch.cat([b.records[i].x0 for b in batches])) for i, r in enumerate(batches[0].records)]
+    latents = None if batches[0].latents is None else torch.cat([b.latents for b in batches])
+    return Generation(images=torch.cat([b.images for b in batches]), records=records, latents=latents,
+                      decode=batches[0].decode, first=batches[0].first)
+
+
+def _out_of_memory(error: RuntimeError) -> bool:
+    """An allocation failure: torch.OutOfMemoryError on an accelerator, "... you tried to allocate N bytes" on a CPU."""
+    return isinstance(error, torch.OutOfMemoryError) or "allocate" in str(error)
+
+
+def _too_big(size: int, shape, device) -> str:
+    """The one-line message for a batch that does not fit, naming the fix."""
+    one = "x".join(map(str, shape))  # the image's (C, H, W), e.g. 3x32x32
+    if size == 1:
+        return (f"one image ({one}) does not fit in {device} memory even at batch_size=1 (--batch-size 1): use a "
+                f"smaller model or another device")
+    return (f"a batch of {size} images of {one} does not fit in {device} memory: pass a smaller batch_size, e.g. "
+            f"batch_size={max(1, size // 4)} (--batch-size {max(1, size // 4)} on the command line)")
+
+
+def _check_arguments(prompt, steps, guidance_scale, sampler, seed, n, first, batch_size) -> None:
     """Clear errors for the caller's mistakes, before anything slow happens."""
     if not isinstance(prompt, str):
         raise TypeError(f"prompt must be a str (\"\" is the unconditional prompt), got {type(prompt).__name__} "
                         f"{prompt!r}")
-    for name, value, low, example in (("steps", steps, 1, 20), ("n", n, 1, 4), ("seed", seed, 0, 0)):
+    checks = [("steps", steps, 1, 20), ("n", n, 1, 4), ("seed", seed, 0, 0), ("first", first, 0, 0)]
+    if batch_size is not None:  # None: default_batch_size
+        checks.append(("batch_size", batch_size, 1, 16))
+    for name, value, low, example in checks:
         if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < low:
             raise ValueError(f"{name} must be an int >= {low} (e.g. {name}={example}), got {value!r}")
     if isinstance(guidance_scale, bool) or not isinstance(guidance_scale, (int, float)) or not guidance_scale >= 0:
@@ -108,7 +219,7 @@ def _check_arguments(prompt, steps, guidance_scale, sampler, seed, n) -> None:
     get_sampler(sampler)  # ValueError naming the valid samplers
 
 
-# ----- files: a PNG grid and a GIF of the denoising -----------------------------------------------------------------
+# ----- files: a PNG grid, a GIF of the denoising, numbered PNGs ---------------------------------------------------
 def save_png(images: torch.Tensor, path, scale: int = 4) -> Path:
     """The images (n, C, H, W) in [-1, 1] side by side, nearest-upscaled by `scale`, as a PNG file."""
     path = Path(path)
@@ -135,16 +246,40 @@ def save_gif(records: list[StepRecord], path, scale: int = 4, frame_ms: int = 15
     return path
 
 
+def save_numbered_pngs(batches, directory, n: int, scale: int = 4, progress: bool = True) -> int:
+    """Each image of each batch (Generations) as directory/<k>.png, k its index in the seed's sequence (zero-padded
+    to sort), with a progress bar over the n images expected; returns how many were written."""
+    directory, written, digits = Path(directory), 0, None
+    with tqdm(total=n, unit="image", disable=not progress) as bar:
+        for batch in batches:
+            digits = digits or max(6, len(str(batch.first + n - 1)))  # one width for the whole run: names sort
+            for i, image in enumerate(batch.images):
+                (directory / f"{batch.first + i:0{digits}d}.png").write_bytes(png_bytes(image, scale=scale))
+            written += len(batch.images)
+            bar.update(len(batch.images))
+    return written
+
+
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(prog="python -m course_lib.generate",
                                      description="Generate images from a text prompt with a text-to-image checkpoint.")
     parser.add_argument("prompt", help='e.g. "a small blue star at the top"; "" = unconditional samples')
     parser.add_argument("--steps", type=int, default=20, help="sampler steps (default 20)")
     parser.add_argument("--guidance-scale", type=float, default=5.0, help="CFG scale: 1 = none, 0 = ignore prompt")
-    parser.add_argument("--sampler", default="ddim", help="ddim or ddpm (default ddim)")
+    parser.add_argument("--sampler", default="ddim", help=f"one of {', '.join(samplers.SAMPLERS)} (default ddim)")
     parser.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
-    parser.add_argument("-n", type=int, default=4, help="number of images (default 4)")
-    parser.add_argument("-o", "--out", default="generated.png", help="PNG file to write (default generated.png)")
+    parser.add_argument("-n", type=int, default=4, help=f"number of images (default 4); more than {GRID_MAX} need "
+                                                        f"a directory: -o DIR/")
+    parser.add_argument("--first", type=int, default=0,
+                        help="index of the first image in the seed's sequence (default 0): --first K -n 1 "
+                             "regenerates image K of a run alone")
+    parser.add_argument("--batch-size", type=int, default=None,
+                        help="images per sampler call (default: 64 32x32 images on a CPU, fewer if larger, more on "
+                             "a GPU); lower it if memory runs out")
+    parser.add_argument("-o", "--out", default="generated.png",
+                        help=f"a .png file: one grid of up to {GRID_MAX} images (default generated.png); or a "
+                             f"directory ending in '/' (created if missing): numbered PNGs 000000.png ... and "
+                             f"generation.json")
     parser.add_argument("--gif", action="store_true", help="also write <out stem>.gif: the denoising, step by step")
     parser.add_argument("--model", default=DEFAULT_MODEL, help=f"checkpoint name (default {DEFAULT_MODEL})")
     parser.add_argument("--checkpoint-dir", default=None,
@@ -152,22 +287,60 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--device", default=None, help="cpu, cuda, mps (default: course_lib.device())")
     parser.add_argument("--scale", type=int, default=4, help="pixel upscale of the written images (default 4)")
     args = parser.parse_args(argv)
-    out = Path(args.out)
-    if out.suffix.lower() != ".png":
-        parser.error(f"--out must name a .png file, got {args.out!r}")
+    out, into_directory = _check_out(parser, args)
     if args.scale < 1:
         parser.error(f"--scale must be an int >= 1, got {args.scale}")
+    settings = dict(steps=args.steps, guidance_scale=args.guidance_scale, sampler=args.sampler, seed=args.seed,
+                    first=args.first)
+    options = dict(n=args.n, batch_size=args.batch_size, model=args.model, device=args.device,
+                   directory=args.checkpoint_dir)
     try:
-        result = generate(args.prompt, steps=args.steps, guidance_scale=args.guidance_scale, sampler=args.sampler,
-                          seed=args.seed, n=args.n, model=args.model, device=args.device,
-                          directory=args.checkpoint_dir)
-    except (TypeError, ValueError, CheckpointNotFoundError, CheckpointError) as e:
+        if not into_directory:
+            result = generate(args.prompt, **settings, **options)
+        else:
+            batches = generate_batches(args.prompt, **settings, **options)  # checks everything before the mkdir
+            out.mkdir(parents=True, exist_ok=True)
+            count = save_numbered_pngs(batches, out, args.n, scale=args.scale)
+    except (TypeError, ValueError, MemoryError, CheckpointNotFoundError, CheckpointError) as e:
         parser.error(str(e))  # one line and exit status 2, not a traceback
-    out.parent.mkdir(parents=True, exist_ok=True)
+    if into_directory:
+        p = load_checkpoint(args.model, args.device, args.checkpoint_dir)  # cached: the one generate_batches used
+        record = {"prompt": args.prompt, **settings, "count": count, "model": args.model,
+                  "checkpoint_dir": args.checkpoint_dir, "device": str(course_lib.device_of(p.model)),
+                  "batch_size": args.batch_size or default_batch_size(p, course_lib.device_of(p.model)),
+                  "scale": args.scale,
+                  "files": "image k is <k>.png, k = first ... first + count - 1, zero-padded to at least 6 digits",
+                  "seed_rule": SEED_RULE}
+        (out / "generation.json").write_text(json.dumps(record, indent=1) + "\n")  # written last: the run finished
+        print(f"wrote {count} PNGs and generation.json to {out}")
+        return
     written = [save_png(result.images, out, scale=args.scale)]
     if args.gif:
         written.append(save_gif(result.records, out.with_suffix(".gif"), scale=args.scale, decode=result.decode))
     print(f"wrote {', '.join(str(p) for p in written)}")
+
+
+def _check_out(parser: argparse.ArgumentParser, args) -> tuple[Path, bool]:
+    """(path, whether it is a directory for numbered PNGs): -o names a grid file, or a directory when it ends in
+    '/'; every mistake is a usage error, before any work."""
+    out = Path(args.out)
+    if args.out.endswith(("/", "\\")):
+        if out.exists() and not out.is_dir():
+            parser.error(f"-o {args.out!r} ends in '/' but {out} is a file; name a directory")
+        if args.gif:
+            parser.error(f"--gif animates one grid: use it with -o FILE.png and -n <= {GRID_MAX}")
+        return out, True
+    if out.is_dir():
+        parser.error(f"-o {args.out!r} is a directory: end it with '/' ({args.out}/) to write numbered PNGs into it")
+    if out.suffix.lower() != ".png":
+        parser.error(f"--out must name a .png file, or a directory ending in '/', got {args.out!r}")
+    if args.n > GRID_MAX:
+        parser.error(f"-n {args.n} is more than one grid ({GRID_MAX} images): pass a directory ending in '/' to -o, "
+                     f"e.g. -o {out.with_suffix('')}/, to write numbered PNGs")
+    if not out.parent.is_dir():
+        parser.error(f"directory {out.parent} does not exist: create it, or pass a directory ending in '/' to -o "
+                     f"(created if missing) to write numbered PNGs")
+    return out, False
 
 
 if __name__ == "__main__":

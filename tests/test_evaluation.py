@@ -183,7 +183,7 @@ def test_cfg_sweep_accepts_a_loaded_model_and_text_attribute_pairs(small_cfg_swe
     (dict(n_per_prompt=0), "n_per_prompt must be an int >= 1"),
     (dict(prompts=[("a red star", Attributes("star", "red"))], n_per_prompt=1), "at least 2 images"),
     (dict(steps=0), "steps must be an int >= 1"),
-    (dict(sampler="euler"), "unknown sampler"),
+    (dict(sampler="euler_a"), "unknown sampler"),
     (dict(model="shapes32-unet"), "not text-conditional"),
 ])
 def test_cfg_sweep_rejects_bad_input(t2i_checkpoints, classifier, kwargs, message):
@@ -219,7 +219,7 @@ def test_steps_sweep_equals_the_samplers_called_directly(t2i_checkpoints, classi
     (dict(steps=[5, 5]), "distinct"),
     (dict(steps=[2.5]), "ints >= 1"),
     (dict(samplers=[]), "at least one sampler"),
-    (dict(samplers=["euler"]), "unknown sampler"),
+    (dict(samplers=["euler_a"]), "unknown sampler"),
     (dict(n=1), "n must be an int >= 2"),
     (dict(model="shapes32-t2i"), "not an unconditional denoiser"),
 ])
