@@ -172,12 +172,14 @@ def dpmpp_2m(eps_model, x, schedule, timesteps, *, callback=None, generator=None
                 x = x0
             else:
                 alpha_t, sigma_t = vp_coefficients(sigmas[i + 1])
-                h = torch.log(alpha_t / sigma_t) - torch.log(alpha_s / sigma_s)  # step size in lambda
-                if x0_prev is None:  # first step: no history yet, a first-order step (DDIM)
-                    x0_d = x0
-                else:  # the two x0 predictions extrapolated to the middle of the step (eq. 9, "midpoint")
-                    x0_d = x0 + 0.5 * (h / h_prev) * (x0 - x0_prev)
-                x = (sigma_t / sigma_s) * x - alpha_t * torch.expm1(-h) * x0_d
+                # step size in lambda = log(alpha / sigma); written op for op as diffusers does, so that even a
+                # guided network, which amplifies round-off, gives diffusers' images to the last bits
+                h = (torch.log(alpha_t) - torch.log(sigma_t)) - (torch.log(alpha_s) - torch.log(sigma_s))
+                phi = alpha_t * (torch.exp(-h) - 1.0)
+                x = (sigma_t / sigma_s) * x - phi * x0  # exact if x0 were constant over the step (first order, DDIM)
+                if x0_prev is not None:  # the line through the last two predictions, read at mid-step (eq. 9)
+                    r = h_prev / h
+                    x = x - 0.5 * phi * ((1.0 / r) * (x0 - x0_prev))
                 x0_prev, h_prev = x0, h
             if callback is not None:
                 callback(StepRecord(step=i, t=t, x_t=x.detach().clone(), x0=x0.detach().clone(), nfe=i + 1))

@@ -43,14 +43,17 @@ def test_summary_finds_the_fewest_calls_within_ten_percent():
     rows = [{"sampler": "ddpm", "steps": 1000, "nfe": 1000, "frechet_distance": 100.0, "frechet_distance_se": 5.0,
              "prompt_accuracy": 0.9, "seconds_per_image": 9.0}]
     for nfe, fd in ((1, 400.0), (4, 111.0), (8, 109.0), (20, 95.0)):
-        rows.append({"sampler": "ddim", "nfe": nfe, "frechet_distance": fd})
-    rows.append({"sampler": "euler", "nfe": 1, "frechet_distance": 300.0})
-    rows.append({"sampler": "lcm", "nfe": 4, "frechet_distance": 120.0})
-    rows.append({"sampler": "dpmpp_2m", "nfe": 25, "frechet_distance": 101.0})
+        rows.append({"sampler": "ddim", "nfe": nfe, "frechet_distance": fd, "frechet_distance_se": 5.0})
+    rows.append({"sampler": "euler", "nfe": 1, "frechet_distance": 300.0, "frechet_distance_se": 5.0})
+    rows.append({"sampler": "lcm", "nfe": 4, "frechet_distance": 120.0, "frechet_distance_se": 12.0})
+    rows.append({"sampler": "dpmpp_2m", "nfe": 25, "frechet_distance": 101.0, "frechet_distance_se": 5.0})
     summary = summarize(Sweep(rows, []))
     assert summary["lcm_vs_teacher"] == {"lcm_4": rows[-2], "dpmpp_2m_25": rows[-1]}
     # 111 > 110 = 100 * 1.1 >= 109
     assert summary["smallest_nfe_within"] == {"ddim": 8, "euler": None, "lcm": None, "dpmpp_2m": 25}
+    # 2 standard errors of the difference: 2 * sqrt(5^2 + 5^2) = 14.1 for ddim (111 - 100 < 14.1: NFE 4), and
+    # 2 * sqrt(12^2 + 5^2) = 26 for lcm (120 - 100 < 26)
+    assert summary["smallest_nfe_indistinguishable"] == {"ddim": 4, "euler": None, "lcm": 4, "dpmpp_2m": 25}
     assert summary["reference"]["frechet_distance"] == 100.0 and summary["fd_limit"] == pytest.approx(110.0)
 
 
@@ -62,7 +65,8 @@ def test_cli_writes_the_table_and_refuses_bad_settings(tmp_path, capsys):
     assert [(r["sampler"], r["nfe"]) for r in record["rows"]] == [("ddpm", 2), ("dpmpp_2m", 1), ("dpmpp_2m", 2),
                                                                    ("lcm", 1), ("lcm", 2)]
     assert set(record["summary"]["smallest_nfe_within"]) == {"dpmpp_2m", "lcm"}
-    assert record["images_per_row"] == 2 and record["device"].startswith("cpu")
+    assert record["images_per_row"] == 2 and record["device"].startswith("cpu") and "CPU-sized" in record["note"]
+    assert set(record["summary"]["smallest_nfe_indistinguishable"]) == {"dpmpp_2m", "lcm"}
     assert record["command"].startswith("python -m course_lib.evaluation samplers --prompts 1 --per-prompt 2")
     assert "lcm" in capsys.readouterr().out
     for bad in (["--samplers", "euler_a"], ["--prompts", "0"], ["--nfes", "0"]):

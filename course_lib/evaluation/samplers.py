@@ -28,6 +28,7 @@ SWEEP_SAMPLERS = ("ddpm", "ddim", "euler", "heun", "dpmpp_2m", "lcm")
 LCM_MODEL = "shapes32-lcm"  # the consistency-distilled student of DEFAULT_MODEL; the "lcm" rows sample it
 REFERENCE = ("ddpm", 1000)  # the slow, careful baseline every other row is compared with
 WITHIN = 0.10  # "as good as the reference": a Fréchet distance at most 10% above the reference's
+Z = 2.0  # "indistinguishable from the reference": FD above it by less than Z standard errors of the difference
 
 
 def steps_for(sampler: str, nfe: int) -> int:
@@ -106,15 +107,20 @@ def samplers_sweep(samplers=SWEEP_SAMPLERS, nfes=SAMPLER_NFES, *, prompts=None, 
     return sweep
 
 
-def summarize(sweep: Sweep, within: float = WITHIN) -> dict:
+def summarize(sweep: Sweep, within: float = WITHIN, z: float = Z) -> dict:
     """The table's conclusions: the reference's numbers (the sweep's first row), and per sampler the fewest model
-    calls whose Fréchet distance is within `within` of the reference's (None: no NFE measured gets there)."""
+    calls whose Fréchet distance is within `within` of the reference's, and the fewest whose FD exceeds the
+    reference's by less than z standard errors of the difference, sqrt(se^2 + se_ref^2): with few images per row
+    the first is stricter than the noise allows (None: no NFE measured gets there)."""
     ref = sweep.rows[0]
     limit = ref["frechet_distance"] * (1 + within)
-    smallest = {}
+    smallest, indistinguishable = {}, {}
     for row in sweep.rows[1:]:
         if row["frechet_distance"] <= limit and row["sampler"] not in smallest:
             smallest[row["sampler"]] = row["nfe"]
+        noise = (row.get("frechet_distance_se", 0.0) ** 2 + ref.get("frechet_distance_se", 0.0) ** 2) ** 0.5
+        if row["frechet_distance"] - ref["frechet_distance"] < z * noise and row["sampler"] not in indistinguishable:
+            indistinguishable[row["sampler"]] = row["nfe"]
     samplers = dict.fromkeys(row["sampler"] for row in sweep.rows[1:])
     keys = ("sampler", "model", "steps", "nfe", "frechet_distance", "frechet_distance_se", "prompt_accuracy",
             "seconds_per_image")
@@ -123,7 +129,9 @@ def summarize(sweep: Sweep, within: float = WITHIN) -> dict:
     lcm_vs_teacher = {name: pick(found[key]) for name, key in (("lcm_4", ("lcm", 4)), ("dpmpp_2m_25", ("dpmpp_2m", 25)))
                       if key in found}  # the distilled student at 4 calls against its teacher's good setting
     return {"reference": pick(ref), "within": within, "fd_limit": limit,
-            "smallest_nfe_within": {name: smallest.get(name) for name in samplers}, "lcm_vs_teacher": lcm_vs_teacher}
+            "smallest_nfe_within": {name: smallest.get(name) for name in samplers}, "z": z,
+            "smallest_nfe_indistinguishable": {name: indistinguishable.get(name) for name in samplers},
+            "lcm_vs_teacher": lcm_vs_teacher}
 
 
 def _synchronize(device: torch.device) -> None:
