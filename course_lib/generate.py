@@ -40,10 +40,9 @@ GRID_MAX = 64  # the command line writes up to this many images as one PNG grid;
 BATCH_VALUES = {"cpu": 64 * 3 * 32 * 32, "accelerator": 8 * 64 * 3 * 32 * 32}
 SEED_RULE = ("image k starts from the k-th torch.randn((C, H, W), generator=g) draw of g = "
              "torch.Generator().manual_seed(seed), (C, H, W) the model's sample shape, whatever the batch size (for "
-             "the course's models the same numbers as one torch.randn((n, C, H, W), generator=g) draw); image k "
-             "alone is first=k, n=1 (--first k -n 1): the same image up to float round-off with a sampler that draws "
-             "no noise (ddim); one that does (ddpm) draws its per-step noise from g after the run's last x_T, batch "
-             "after batch, so its images repeat for the same seed, n, first and batch_size")
+             "the course's models the same numbers as one torch.randn((n, C, H, W), generator=g) draw); a sampler that "
+             "draws noise at every step (ddpm, lcm) draws image k's from its own generator, step_noise_generator(seed, "
+             "k); so image k alone (first=k, n=1, --first k -n 1) is image k of any batch, up to float round-off")
 
 
 @dataclass
@@ -70,12 +69,13 @@ def generate(prompt: str, *, steps: int = 20, guidance_scale: float = 5.0, sampl
     guidance_scale  diffusers' convention: 1 = no guidance (the plain conditional model), 0 = ignore the prompt,
                     > 1 = follow the prompt more strongly (fewer kinds of images)
     sampler         a name from `samplers.SAMPLERS` ("ddim", "ddpm", ...)
-    seed            seeds one CPU generator that draws x_T and the sampler's noise: the same images on every device.
+    seed            seeds the CPU generators that draw x_T and the sampler's noise: the same images on every device.
                     Image k starts from the generator's k-th draw of one x_T (SEED_RULE): as if all were drawn at
-                    once, torch.randn((first + n, C, H, W), generator=torch.Generator().manual_seed(seed))[k].
+                    once, torch.randn((first + n, C, H, W), generator=torch.Generator().manual_seed(seed))[k];
+                    its per-step noise (ddpm, lcm) comes from its own step_noise_generator(seed, k).
     n, first        images first, first + 1, ..., first + n - 1 of the seed's sequence (first=k, n=1: image k alone)
-    batch_size      images per sampler call (default: `default_batch_size`); lower it when memory runs out. With
-                    a sampler that draws no noise (ddim) only float round-off depends on it.
+    batch_size      images per sampler call (default: `default_batch_size`); lower it when memory runs out. Only
+                    float round-off depends on it.
     model           a text-conditional checkpoint name (in `directory`, default data/checkpoints) or a loaded
                     `Pretrained`; its text encoder (and VAE, for latent models) named in its JSON are loaded
                     from the same directory. Latent models sample latents, decoded once at the end.
@@ -136,8 +136,6 @@ def generate_batches(prompt: str, *, steps: int = 20, guidance_scale: float = 5.
     def batches() -> Iterator[Generation]:
         noise = torch.Generator().manual_seed(int(seed))  # x_T of image 0, 1, 2, ... in turn (SEED_RULE)
         _skip(noise, first, shape)
-        step_noise = torch.Generator().set_state(noise.get_state())  # a noisy sampler's noise: after the last x_T
-        _skip(step_noise, n, shape)  # (with one batch: where drawing all n x_T at once leaves the generator)
         for start in range(first, first + n, batch_size):
             size = min(batch_size, first + n - start)
             # one draw per image, so image k's x_T does not depend on its batch (torch's CPU randn fills 16 values
@@ -154,7 +152,7 @@ def generate_batches(prompt: str, *, steps: int = 20, guidance_scale: float = 5.
 
             try:
                 samples = sample(eps_model, x_T.to(device), p.schedule, timesteps, callback=on_step,
-                                 generator=step_noise)
+                                 generator=[step_noise_generator(seed, k) for k in range(start, start + size)])
                 images = samples.float().cpu() if decode is None else decode(samples)
             except RuntimeError as e:  # torch.OutOfMemoryError is a RuntimeError too
                 if not _out_of_memory(e):
@@ -164,6 +162,12 @@ def generate_batches(prompt: str, *, steps: int = 20, guidance_scale: float = 5.
             yield Generation(images=images, records=records, latents=latents, decode=decode, first=start)
 
     return batches()
+
+
+def step_noise_generator(seed: int, k: int) -> torch.Generator:
+    """Image k's own generator for a sampler's per-step noise (SEED_RULE): seeded from (seed, k) by numpy's
+    SeedSequence, so no two images share a stream and none depends on the batch it is sampled in."""
+    return torch.Generator().manual_seed(int(np.random.SeedSequence([int(seed), int(k)]).generate_state(1)[0]))
 
 
 def default_batch_size(p: Pretrained, device) -> int:

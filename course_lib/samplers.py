@@ -10,6 +10,8 @@ k-diffusion's sampling.py). All share one signature:
                                trained on (variance preserving); the sigma-space samplers convert it themselves
     timesteps                  descending training timesteps to visit, e.g. make_timesteps(schedule, 50)
     callback(StepRecord)       called after every step, e.g. to record frames for a widget
+    generator                  where stochastic samplers (ddpm, lcm, ddim with eta > 0) draw their noise: a
+                               torch.Generator, or a list of one per image (then an image's noise is its own)
 
 Going from timesteps[i] to timesteps[i + 1] is one "strided" step; after the last entry the
 sampler jumps to alpha_bar = 1 (sigma = 0, clean data), like diffusers' set_alpha_to_one=True.
@@ -275,7 +277,14 @@ def _predict_eps(eps_model, x: torch.Tensor, t) -> torch.Tensor:
     return eps
 
 
-def _randn_like(x: torch.Tensor, generator: torch.Generator | None) -> torch.Tensor:
-    """Standard normal noise shaped like x; drawn on the generator's device, then moved (as diffusers' randn_tensor)."""
+def _randn_like(x: torch.Tensor, generator) -> torch.Tensor:
+    """Standard normal noise shaped like x; drawn on the generator's device, then moved (as diffusers' randn_tensor).
+
+    generator: None, one torch.Generator, or a list of them, one per image (diffusers' convention): then each image's
+    noise comes from its own generator, so it does not depend on which batch the image is sampled in."""
+    if isinstance(generator, (list, tuple)):
+        if len(generator) != x.shape[0]:
+            raise ValueError(f"got {len(generator)} generators for a batch of {x.shape[0]} images: pass one per image")
+        return torch.cat([_randn_like(x[i:i + 1], g) for i, g in enumerate(generator)])  # (B, ...)
     device = generator.device if generator is not None else x.device
     return torch.randn(x.shape, generator=generator, device=device, dtype=x.dtype).to(x.device)

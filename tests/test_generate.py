@@ -53,17 +53,17 @@ def test_same_seed_same_images_other_seed_other_images(run, sampler):
 
 
 def test_every_random_number_comes_from_one_cpu_generator_so_every_device_agrees(run, t2i_checkpoints):
-    """generate()'s promise "the same images on every device": x_T and DDPM's per-step noise are drawn by one CPU
-    generator seeded with `seed`, and only then moved to the device."""
+    """generate()'s promise "the same images on every device": x_T and DDPM's per-step noise are drawn by CPU
+    generators seeded from `seed` (x_T by one, each image's step noise by its own), and only then moved."""
+    from course_lib.generate import step_noise_generator
     from course_lib.guidance import GuidedModel
     from course_lib.samplers import ddpm
 
     p = pretrained.load_checkpoint("shapes32-t2i", device="cpu", directory=t2i_checkpoints)
     encoder = pretrained.load_text_encoder(p, directory=t2i_checkpoints)
-    generator = torch.Generator().manual_seed(5)  # by hand: the documented recipe
-    x_T = torch.randn((2, 3, 32, 32), generator=generator)
+    x_T = torch.randn((2, 3, 32, 32), generator=torch.Generator().manual_seed(5))  # by hand: the documented recipe
     expected = ddpm(GuidedModel(p.model, *encoder(PROMPT), *encoder(""), 5.0), x_T, p.schedule,
-                    make_timesteps(p.schedule, 3), generator=generator)
+                    make_timesteps(p.schedule, 3), generator=[step_noise_generator(5, k) for k in (0, 1)])
     cpu = run(sampler="ddpm", seed=5)
     torch.testing.assert_close(cpu.images, expected, rtol=0, atol=1e-6)
     accelerators = [d for d, ok in (("cuda", torch.cuda.is_available()), ("mps", torch.backends.mps.is_available()))

@@ -13,10 +13,10 @@ import torch
 from PIL import Image
 
 from course_lib import pretrained, samplers
-from course_lib.generate import SEED_RULE, default_batch_size, generate, generate_batches, main
+from course_lib.generate import SEED_RULE, default_batch_size, generate, generate_batches, main, step_noise_generator
 from course_lib.guidance import GuidedModel
 from course_lib.images import to_uint8, upscale
-from course_lib.samplers import SAMPLERS, ddpm, make_timesteps
+from course_lib.samplers import SAMPLERS, make_timesteps
 
 PROMPT = "a red circle"
 ALLOCATOR_ERROR = ("[enforce fail at alloc_cpu.cpp:127] data. DefaultCPUAllocator: not enough memory: you tried to "
@@ -124,18 +124,22 @@ def test_batch_size_does_not_change_a_ddim_image(run, spy):
     torch.testing.assert_close(later.images, one_batch.images[6:], rtol=0, atol=5e-3)
 
 
-def test_ddpm_noise_continues_the_seed_after_the_last_x_T_batch_by_batch(run, t2i_checkpoints):
-    """SEED_RULE for a sampler that draws noise, by hand: 4 images in batches of 2."""
+@pytest.mark.parametrize("sampler", ["ddpm", "lcm"])
+def test_a_noisy_samplers_image_has_its_own_noise_whatever_the_batch(run, t2i_checkpoints, sampler):
+    """SEED_RULE for a sampler that draws noise at every step, by hand: image k's noise is step_noise_generator(3, k)."""
     p = pretrained.load_checkpoint("shapes32-t2i", device="cpu", directory=t2i_checkpoints)
     encoder = pretrained.load_text_encoder(p, directory=t2i_checkpoints)
     eps_model = GuidedModel(p.model, *encoder(PROMPT), *encoder(""), 5.0)
-    generator = torch.Generator().manual_seed(3)
-    x_T = torch.randn((4, 3, 32, 32), generator=generator)  # every x_T first; the per-step noise comes after
-    expected = torch.cat([ddpm(eps_model, x_T[i:i + 2], p.schedule, make_timesteps(p.schedule, 2),
-                               generator=generator) for i in (0, 2)])
-    got = run(sampler="ddpm", seed=3, n=4, batch_size=2)
-    torch.testing.assert_close(got.images, expected, rtol=0, atol=1e-6)
-    assert torch.equal(run(sampler="ddpm", seed=3, n=4, batch_size=2).images, got.images)
+    x_T = torch.randn((4, 3, 32, 32), generator=torch.Generator().manual_seed(3))
+    expected = SAMPLERS[sampler](eps_model, x_T, p.schedule, make_timesteps(p.schedule, 2),
+                                 generator=[step_noise_generator(3, k) for k in range(4)])
+    got = run(sampler=sampler, seed=3, n=4, batch_size=2)
+    torch.testing.assert_close(got.images, expected, rtol=0, atol=5e-3)
+    alone = run(sampler=sampler, seed=3, n=1, first=2)  # image 2 by itself: the same image, not just the same x_T
+    torch.testing.assert_close(alone.images[0], got.images[2], rtol=0, atol=5e-3)
+    other = run(sampler=sampler, seed=3, n=1, first=3)
+    assert (other.images[0] - alone.images[0]).abs().max() > 0.1  # each image gets its own noise
+    assert torch.equal(run(sampler=sampler, seed=3, n=4, batch_size=2).images, got.images)
 
 
 # ----- memory errors and bad input -------------------------------------------------------------------

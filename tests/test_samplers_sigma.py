@@ -185,3 +185,17 @@ def test_registry_and_errors_name_every_sampler():
             sampler(SmoothEps(schedule), start_noise(), schedule, bad)
     with pytest.raises(ValueError, match=r"\[0, 999\]"):
         schedule.sigma_at([1200.0])
+
+
+@pytest.mark.parametrize("sampler", ["ddpm", "lcm"])
+def test_a_list_of_generators_gives_each_image_its_own_noise(sampler):
+    schedule = NoiseSchedule.linear()
+    ts, x_T = make_timesteps(schedule, 3), start_noise()
+    both = SAMPLERS[sampler](SmoothEps(schedule), x_T, schedule, ts,
+                             generator=[torch.Generator().manual_seed(s) for s in (10, 11)])
+    for i, s in enumerate((10, 11)):  # each image alone, with its own generator: the same numbers
+        alone = SAMPLERS[sampler](SmoothEps(schedule), x_T[i:i + 1], schedule, ts,
+                                  generator=torch.Generator().manual_seed(s))
+        torch.testing.assert_close(both[i:i + 1], alone, rtol=0, atol=1e-6)
+    with pytest.raises(ValueError, match="3 generators for a batch of 2 images: pass one per image"):
+        SAMPLERS[sampler](SmoothEps(schedule), x_T, schedule, ts, generator=[torch.Generator()] * 3)
