@@ -261,6 +261,7 @@ def save_numbered_pngs(batches, directory, n: int, scale: int = 4, progress: boo
                 (directory / f"{batch.first + i:0{digits}d}.png").write_bytes(png_bytes(image, scale=scale))
             written += len(batch.images)
             bar.update(len(batch.images))
+            del batch  # free this batch (and its step records) before the next one is sampled: one batch at a time
     return written
 
 
