@@ -6,7 +6,8 @@ random draw (timesteps, noise, dropped captions, augmentation, posterior samples
 or a dict holding "loss" and other scalars to log (the VAE's reconstruction and KL terms). It may also define
 `after_step(model)`, which the loop calls after each optimizer step (CLIP clamps its temperature there), and set
 `needs_ema = True` to be called as loss_fn(model, batch, generator, ema=...) with the loop's EMA of the model
-(consistency distillation's target network). Everything else (optimizer, learning rate, clipping, EMA, checkpoints, devices) belongs to the loop.
+(consistency distillation's target network). Everything else (optimizer, learning rate, clipping, EMA,
+checkpoints, devices) belongs to the loop.
 
     EpsilonLoss      diffusion, DDPM eq. 14          batch: x0, or (x0, cond tokens (B, L, D), cond mask (B, L))
     VAELoss          L1 + kl_weight * KL            batch: images (B, 3, H, W)

@@ -91,9 +91,10 @@ class NoiseSchedule:
         t: a number or a 1-D sequence in [0, T-1]; returns float32 of t's shape (a 0-dim tensor for a number).
         """
         t = np.asarray(t, dtype=np.float64)
-        if t.ndim > 1 or t.size == 0 or not np.all(np.isfinite(t)) or t.min() < 0 or t.max() > self.num_train_timesteps - 1:
-            raise ValueError(f"t must be a number or a 1-D sequence in [0, {self.num_train_timesteps - 1}], got {t!r}")
-        sigmas = np.interp(t, np.arange(self.num_train_timesteps), self.sigmas.numpy())
+        T = self.num_train_timesteps
+        if t.ndim > 1 or t.size == 0 or not np.all(np.isfinite(t)) or t.min() < 0 or t.max() > T - 1:
+            raise ValueError(f"t must be a number or a 1-D sequence in [0, {T - 1}], got {t!r}")
+        sigmas = np.interp(t, np.arange(T), self.sigmas.numpy())
         return torch.from_numpy(np.asarray(sigmas)).to(torch.float32)
 
     def snr(self, t: int | torch.Tensor) -> torch.Tensor:

@@ -126,7 +126,8 @@ def test_batch_size_does_not_change_a_ddim_image(run, spy):
 
 @pytest.mark.parametrize("sampler", ["ddpm", "lcm"])
 def test_a_noisy_samplers_image_has_its_own_noise_whatever_the_batch(run, t2i_checkpoints, sampler):
-    """SEED_RULE for a sampler that draws noise at every step, by hand: image k's noise is step_noise_generator(3, k)."""
+    """SEED_RULE for a sampler that draws noise at every step, by hand: image k's noise is its own
+    step_noise_generator(3, k)."""
     p = pretrained.load_checkpoint("shapes32-t2i", device="cpu", directory=t2i_checkpoints)
     encoder = pretrained.load_text_encoder(p, directory=t2i_checkpoints)
     eps_model = GuidedModel(p.model, *encoder(PROMPT), *encoder(""), 5.0)

@@ -115,7 +115,8 @@ def _samplers(args, parser) -> dict:
                f"--guidance-scale {args.guidance_scale:g} --nfes {' '.join(map(str, args.nfes))} "
                f"--samplers {' '.join(args.samplers)} --reference-steps {args.reference_steps} --seed {args.seed}")
     return {"rows": sweep.rows, "summary": summarize(sweep), "real_vs_real_fd": sweep.baseline["frechet_distance"],
-            "images_per_row": n, "note": samplers_note(n), "device": course_lib.device_name(device), "threads": torch.get_num_threads(),
+            "images_per_row": n, "note": samplers_note(n), "device": course_lib.device_name(device),
+            "threads": torch.get_num_threads(),
             "settings": {"prompts": args.prompts, "per_prompt": args.per_prompt, "guidance_scale": args.guidance_scale,
                          "model": args.model, "lcm_model": args.lcm_model, "seed": args.seed, "within": WITHIN},
             "command": command + (f" --device {args.device}" if args.device else "")}

@@ -4,7 +4,7 @@ Every sampler gets the same prompts, the same starting noise x_T and the same gu
 its number of model evaluations differ between rows. LCM runs on the distilled student (shapes32-lcm), the others on
 its teacher with classifier-free guidance. One NFE is one guided noise prediction: for the teacher a batched pass
 over the prompt and the empty prompt, for the student a single pass (guidance is one of its inputs), which is why
-the student's seconds per image are about half the teacher's at equal NFE.
+the student's seconds per image are lower than the teacher's at equal NFE.
 """
 from __future__ import annotations
 

@@ -9,8 +9,8 @@ prompts     what the measurements test on: fresh and held-out prompts, real rend
 Sweeps that produce the tables are in course_lib.evaluation; timings in course_lib.bench.
 """
 from .classifier import (CLASSIFIER_NAME, PROMPT_KEYS, attribute_accuracy, classifier_accuracy, classifier_features,
-                         feature_stats, frechet_distance, frechet_distance_from_stats, frechet_distance_se, load_classifier,
-                         prompt_accuracy)
+                         feature_stats, frechet_distance, frechet_distance_from_stats, frechet_distance_se,
+                         load_classifier, prompt_accuracy)
 from .clip import (ZERO_SHOT, encode_images, encode_texts, retrieval_top1, similarity_matrix, zero_shot_accuracy,
                    zero_shot_predict, zero_shot_prompts)
 from .flops import count_flops, decode_gflops, gflops_per_step

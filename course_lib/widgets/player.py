@@ -190,7 +190,8 @@ class DenoisingPlayer(widgets.VBox):
         def on_step(record: StepRecord) -> None:
             traj.frames.append(self.render(record))
             elapsed = time.perf_counter() - start  # NFE: model calls so far, the honest cost (Heun: 2 per step)
-            traj.captions.append(f"step {record.step + 1}/{steps} · NFE {record.nfe} · t={record.t:g} · {elapsed:.2f} s")
+            traj.captions.append(f"step {record.step + 1}/{steps} · NFE {record.nfe} · t={record.t:g} · "
+                                 f"{elapsed:.2f} s")
             self.image.value = traj.frames[-1]  # sent to the browser right away: the live animation
             self.status.value = traj.captions[-1]
             self.frame_slider.value = record.step
