@@ -332,3 +332,62 @@ def check_heun_step(fn: Callable) -> None:
                "x + (d + d_next) / 2 * (sigma_next - sigma), with d_next the slope at the Euler point x_euler",
                atol=1e-4 * max(1.0, float(sigma)))
     print("✓ the Heun step is right")
+
+
+#################################################################################
+#                         Chapter 6: the Diffusion Transformer                  #
+#################################################################################
+
+def check_patchify(fn: Callable) -> None:
+    """Chapter 6: `fn(x, p)` must cut (B, C, H, W) images into (B, T, p*p*C) tokens, patches in raster order
+    (left to right, then top to bottom), each patch's numbers row by row with the C channels of a pixel together."""
+    from .models.dit import patchify
+
+    x = torch.randn(2, 3, 8, 8, generator=torch.Generator().manual_seed(0))
+    for p in (2, 4):
+        want = patchify(x, p)
+        got = fn(x, p)
+        if isinstance(got, torch.Tensor) and got.shape == want.shape and not torch.allclose(got, want):
+            by_channel = x.unfold(2, p, p).unfold(3, p, p).flatten(2, 3).permute(0, 2, 1, 3, 4).flatten(2)
+            if torch.allclose(got, by_channel):
+                raise AssertionError("the patches are right but each one lists channel 0 first, then channel 1, "
+                                     "...: DiT keeps the C numbers of one pixel together (channels last)")
+        _close(got, want, f"patch size {p}",
+               "reshape to (B, C, H/p, p, W/p, p), move the axes to (B, H/p, W/p, p, p, C), then flatten to "
+               "(B, T, p*p*C)")
+    print("✓ patchify is right")
+
+
+def check_modulate(fn: Callable) -> None:
+    """Chapter 6: `fn(x, shift, scale)` must return adaLN's x * (1 + scale) + shift for (B, T, d) tokens and
+    (B, d) shift and scale."""
+    g = torch.Generator().manual_seed(0)
+    x, shift, scale = torch.randn(2, 5, 4, generator=g), torch.randn(2, 4, generator=g), torch.randn(2, 4, generator=g)
+    got = fn(x, shift, scale)
+    no_one = x * scale[:, None] + shift[:, None]
+    if isinstance(got, torch.Tensor) and got.shape == x.shape and torch.allclose(got, no_one):
+        raise AssertionError("x * scale + shift zeroes the tokens when scale = 0; adaLN-Zero starts its scale at 0 "
+                             "and must then leave x as it is: multiply by (1 + scale)")
+    _close(got, x * (1 + scale[:, None]) + shift[:, None], "modulate",
+           "shift and scale are (B, d): give them a token axis, shift[:, None, :], to broadcast over the T tokens")
+    print("✓ modulate is right")
+
+
+def check_dit_gflops(answer: float, depth: int, width: int, image_size: int, patch_size: int) -> None:
+    """Chapter 6: `answer` must be a DiT's forward GFLOPs (one image) from N T (12 d^2 + 2 T d) multiply-adds,
+    2 FLOPs each, within 1%."""
+    if isinstance(answer, bool) or not isinstance(answer, (int, float)):
+        raise AssertionError(f"expected a number of GFLOPs, got {type(answer).__name__}")
+    T = (image_size // patch_size) ** 2
+    want = 2 * depth * T * (12 * width**2 + 2 * T * width) / 1e9
+    if math.isclose(answer, want / 2, rel_tol=0.01):
+        raise AssertionError("that is the multiply-add count: each multiply-add is 2 FLOPs")
+    if math.isclose(answer, 2 * depth * T * 12 * width**2 / 1e9, rel_tol=0.01):
+        raise AssertionError("the attention products are missing: Q K^T and softmax(.) V cost 2 T d per token")
+    if math.isclose(answer, 2 * depth * (image_size // patch_size) * (12 * width**2 + 2 * T * width) / 1e9,
+                    rel_tol=0.01):
+        raise AssertionError("T counts patches in the whole image: (image_size / patch_size) squared")
+    if not math.isclose(answer, want, rel_tol=0.01):
+        raise AssertionError(f"{answer:.4g} GFLOPs is off by {100 * (answer / want - 1):+.0f}%. T = (H / p)^2 "
+                             f"tokens; N blocks each cost T (12 d^2 + 2 T d) multiply-adds")
+    print(f"✓ {answer:.3f} GFLOPs")

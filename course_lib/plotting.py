@@ -28,3 +28,22 @@ def show_images(images, titles=None, ncols=None, scale=1.6, suptitle=None) -> No
         fig.suptitle(suptitle)
     fig.tight_layout()
     plt.show()
+
+
+def draw_dit_block(ax) -> None:
+    """Chapter 6's picture of one adaLN-Zero block: c makes shift, scale and gate for each of the two halves."""
+    boxes = [(0.5, 0.06, "tokens x (T × d)"), (0.5, 0.22, "LayerNorm → ×(1+scale₁) + shift₁"),
+             (0.5, 0.36, "self-attention"), (0.5, 0.50, "×gate₁, add to x"),
+             (0.5, 0.64, "LayerNorm → ×(1+scale₂) + shift₂"), (0.5, 0.78, "MLP"),
+             (0.5, 0.92, "×gate₂, add to x")]
+    for x, y, text in boxes:
+        ax.text(x, y, text, ha="center", va="center", fontsize=9,
+                bbox=dict(boxstyle="round", facecolor="#eef3fb" if "gate" not in text else "#fdf0e6"))
+    for (_, y0, _), (_, y1, _) in zip(boxes, boxes[1:]):
+        ax.annotate("", xy=(0.5, y1 - 0.045), xytext=(0.5, y0 + 0.045), arrowprops=dict(arrowstyle="->"))
+    ax.text(0.02, 0.57, "c = embed(t)\n   + embed(caption)\n\n→ linear → six\n(B × d) vectors,\nzero at the start",
+            fontsize=8, va="center", bbox=dict(boxstyle="round", facecolor="#f4f4f4"))
+    for y in (0.22, 0.50, 0.64, 0.92):
+        ax.annotate("", xy=(0.26, y), xytext=(0.2, 0.57), arrowprops=dict(arrowstyle="->", color="grey"))
+    ax.set(xlim=(0, 1), ylim=(0, 1))
+    ax.axis("off")

@@ -134,6 +134,16 @@ def run(recipe: Recipe, *, out=None, steps=None, batch_size=None, device=None, c
                    progress=progress)
     if not lead:
         return out / f"{recipe.name}.safetensors"
+    weights = save_trained(recipe, config, result, prepared, out=out, command=command, device=device)
+    state_path.unlink(missing_ok=True)
+    return weights
+
+
+def save_trained(recipe: Recipe, config: TrainConfig, result: TrainResult, prepared, *, out, command: str | None,
+                 device) -> Path:
+    """Write a trained recipe's weights (the EMA if any), JSON and preview PNG into `out`, then measure and record
+    its quality floor; returns the weights path. `run` ends with this, and so does chapter 6's scaling sweep."""
+    out = Path(out)
     final = result.final
     fields = recipe.task.record(final, recipe.data, prepared)  # before saving: a VAE measures its scaling factor
     meta = provenance(recipe, config, result, command=command, device=device, fields=fields)
@@ -143,7 +153,6 @@ def run(recipe: Recipe, *, out=None, steps=None, batch_size=None, device=None, c
     preview = recipe.task.preview(final, recipe.data, prepared)
     if preview is not None:
         (out / f"{recipe.name}.png").write_bytes(preview)
-    state_path.unlink(missing_ok=True)
     print(f"saved {weights} (+ .json{', .png' if preview else ''}); final loss {meta['final_loss']:.4f}; "
           f"{result.images_per_s:.0f} images/s on {meta['metrics']['device']}; metrics {fields.get('metrics', {})}")
     if recipe.floor is not None:  # measured as the tests measure it: on the CPU, on the fp16 weights from disk

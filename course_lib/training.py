@@ -290,8 +290,9 @@ def saved_train_config(path) -> dict | None:
 def load_train_state(path, model, ema, optimizer, rngs, config, device) -> tuple[int, list[float], dict]:
     """Restore what `save_train_state` wrote into model, ema, optimizer and RNGs; returns (step, history, components).
 
-    A state written with another TrainConfig (other than ckpt_every / log_every) or another number of processes
-    is refused: resuming it would silently train a different run than the one the file belongs to.
+    A state written with another TrainConfig (other than ckpt_every / log_every, and `steps` under a constant
+    learning rate) or another number of processes is refused: resuming it would silently train a different run than
+    the one the file belongs to.
     """
     path = Path(path)
     hint = f"delete {path} to start over, or pass another ckpt_path"
@@ -316,8 +317,13 @@ def load_train_state(path, model, ema, optimizer, rngs, config, device) -> tuple
     if device_type != device.type:
         raise CheckpointError(f"{path} was written on {device_type}, this run trains on {device.type}: the random "
                               f"states differ between them; resume with --device {device_type}, or {hint}")
+    resumable = _RESUMABLE_CHANGES
+    if config.lr_schedule == saved.get("lr_schedule") == "constant":
+        # no number of the steps done depends on `steps` (the learning rate and the EMA do not): a finished run
+        # can be continued, and one long run equals the same run trained in pieces (chapter 6's curves)
+        resumable = (*resumable, "steps")
     changed = {k: (saved.get(k), v) for k, v in json.loads(json.dumps(asdict(config))).items()
-               if k not in _RESUMABLE_CHANGES and saved.get(k) != v}
+               if k not in resumable and saved.get(k) != v}
     if changed:
         detail = ", ".join(f"{k}: saved {old!r}, now {new!r}" for k, (old, new) in changed.items())
         raise CheckpointError(f"{path} belongs to a run with another configuration ({detail}); resume with the "

@@ -206,3 +206,38 @@ def test_sampler_step_checks_accept_the_right_answers_and_reject_typical_mistake
     for fn in wrong_heun:
         with pytest.raises(AssertionError):
             check_heun_step(fn)
+
+
+def test_dit_checks_accept_the_right_answers_and_reject_typical_mistakes():
+    from course_lib.exercises import check_dit_gflops, check_modulate, check_patchify
+
+    def right(x, p):
+        B, C, H, W = x.shape
+        return x.reshape(B, C, H // p, p, W // p, p).permute(0, 2, 4, 3, 5, 1).reshape(B, -1, p * p * C)
+
+    check_patchify(right)
+    wrong_patchify = (
+        lambda x, p: x.reshape(x.shape[0], x.shape[1], x.shape[2] // p, p, x.shape[3] // p, p)
+        .permute(0, 2, 4, 1, 3, 5).reshape(x.shape[0], -1, p * p * x.shape[1]),  # channels first inside a patch
+        lambda x, p: right(x.transpose(2, 3), p),  # patches in column order
+        lambda x, p: x.flatten(2).transpose(1, 2),  # pixels as tokens, ignoring p
+    )
+    for fn in wrong_patchify:
+        with pytest.raises(AssertionError):
+            check_patchify(fn)
+    check_modulate(lambda x, shift, scale: x * (1 + scale[:, None]) + shift[:, None])
+    for fn in (lambda x, shift, scale: x * scale[:, None] + shift[:, None],  # no "1 +": zero scale kills x
+               lambda x, shift, scale: (x + shift[:, None]) * (1 + scale[:, None]),  # shifts before scaling
+               lambda x, shift, scale: x * (1 + shift[:, None]) + scale[:, None]):  # shift and scale swapped
+        with pytest.raises(AssertionError):
+            check_modulate(fn)
+    T = (32 // 4) ** 2
+    check_dit_gflops(2 * 12 * T * (12 * 768**2 + 2 * T * 768) / 1e9, 12, 768, 32, 4)
+    for wrong in (12 * T * (12 * 768**2 + 2 * T * 768) / 1e9,  # multiply-adds, not FLOPs
+                  2 * 12 * T * 12 * 768**2 / 1e9,  # no attention term
+                  2 * 12 * 8 * (12 * 768**2 + 2 * 64 * 768) / 1e9,  # T = H / p instead of (H / p)^2
+                  2 * 12 * 256 * (12 * 768**2 + 2 * 256 * 768) / 1e9):  # patch 2's tokens
+        with pytest.raises(AssertionError):
+            check_dit_gflops(wrong, 12, 768, 32, 4)
+    with pytest.raises(AssertionError, match="expected a number"):
+        check_dit_gflops("12", 12, 768, 32, 4)

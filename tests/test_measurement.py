@@ -137,3 +137,68 @@ def test_bench_train_times_any_recipe_in_the_real_loop(recipe, capsys):
     with pytest.raises(SystemExit) as exit_info:
         bench.main(["train", "--recipe", "no-such-recipe"])
     assert exit_info.value.code == 2 and "valid recipes" in capsys.readouterr().err
+
+
+def dit_flops(cfg) -> int:
+    """A DiT's forward FLOPs (one image, class-conditional), layer by layer on paper."""
+    d, T, p = cfg.hidden_size, cfg.num_tokens, cfg.patch_size
+    block = (2 * T * d * 3 * d  # qkv
+             + 2 * 2 * T * T * d  # Q K^T and softmax(.) V over all heads
+             + 2 * T * d * d  # attention's output projection
+             + 2 * 2 * T * d * int(cfg.mlp_ratio * d)  # the MLP's two linear maps
+             + 2 * d * 6 * d)  # adaLN: one linear map of c per image, not per token
+    patches = 2 * T * (p * p * cfg.in_channels) * d  # the patch embedding (a strided conv)
+    timestep = 2 * (cfg.freq_dim * d + d * d)  # the timestep MLP
+    head = 2 * d * 2 * d + 2 * T * d * p * p * cfg.out_channels  # final adaLN and linear map
+    return cfg.depth * block + patches + timestep + head
+
+
+def test_dit_flops_equal_the_count_on_paper_and_the_papers_dit_s2():
+    """DiT-S/2 on 32x32x4 latents: the paper's Table 4 gives 6.06 GFLOPs, counting one multiply-add as one FLOP
+    (fvcore), i.e. 12.1 of our FLOPs. The course formula N T (12 d^2 + 2 T d) multiply-adds is its main term."""
+    from course_lib.models import dit
+
+    model = dit("DiT-S/2")
+    cfg = model.config
+    counted = count_flops(lambda: model(torch.zeros(1, 4, 32, 32), torch.tensor([10]), torch.tensor([3])))
+    assert counted == dit_flops(cfg)
+    assert counted == pytest.approx(2 * 6.06e9, rel=0.02)
+    d, T = cfg.hidden_size, cfg.num_tokens
+    assert counted == pytest.approx(2 * cfg.depth * T * (12 * d * d + 2 * T * d), rel=0.01)
+    # patch 4 on the same network: 4x fewer tokens, about 4x fewer FLOPs, the same parameters up to the head
+    coarse = dit("DiT-S/4")
+    assert count_flops(lambda: coarse(torch.zeros(1, 4, 32, 32), torch.tensor([10]), torch.tensor([3]))) \
+        == dit_flops(coarse.config) < counted / 3.5
+
+
+def test_unet_flops_equal_the_count_on_paper():
+    """A two-level U-Net, every convolution, linear map and attention product written out."""
+    from course_lib.models import UNet, UNetConfig
+
+    b, C, R = 8, 3, 8  # base channels, image channels, resolution
+    model = UNet(UNetConfig(in_channels=C, base_channels=b, channel_mult=(1, 2), num_res_blocks=1,
+                            attn_resolutions=(), image_size=R, num_heads=2, groups=4))
+    temb = 4 * b
+
+    def conv(cin, cout, res, k=3):
+        return 2 * cin * cout * k * k * res * res
+
+    def res_block(cin, cout, res):
+        return conv(cin, cout, res) + 2 * temb * cout + conv(cout, cout, res) + (conv(cin, cout, res, 1)
+                                                                                 if cin != cout else 0)
+
+    def attention(c, res):
+        n = res * res
+        return 2 * n * c * 3 * c + 2 * 2 * n * n * c + 2 * n * c * c
+
+    r2 = R // 2
+    expected = (2 * (b * temb + temb * temb)  # timestep MLP
+                + conv(C, b, R)  # conv_in
+                + res_block(b, b, R) + 2 * b * b * 9 * r2 * r2  # level 0, then the strided downsampling conv
+                + res_block(b, 2 * b, r2)  # level 1
+                + res_block(2 * b, 2 * b, r2) + attention(2 * b, r2) + res_block(2 * b, 2 * b, r2)  # middle
+                + res_block(4 * b, 2 * b, r2) + res_block(3 * b, 2 * b, r2)  # up, level 1 (skips concatenated)
+                + conv(2 * b, 2 * b, R)  # upsample: nearest, then a 3x3 conv at the new size
+                + res_block(3 * b, b, R) + res_block(2 * b, b, R)  # up, level 0
+                + conv(b, C, R))  # conv_out
+    assert count_flops(lambda: model(torch.zeros(1, C, R, R), torch.tensor([5]))) == expected

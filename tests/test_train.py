@@ -104,7 +104,8 @@ def test_train_cli_writes_a_loadable_checkpoint_and_preview(tmp_path, capsys):
 
 
 @pytest.mark.parametrize("args, message", [
-    (["no-such-recipe"], "valid recipes: shapes32-unet, shapes32-t2i, shapes32-lcm, shapes64-t2i, shapes64-latent-t2i, toy2d-mlp, "
+    (["no-such-recipe"], "valid recipes: shapes32-unet, shapes32-t2i, shapes32-lcm, shapes64-latent-dit, shapes64-t2i, "
+                         "shapes64-latent-t2i, toy2d-mlp, "
                          "shapes64-vae, shapes-classifier, shapes-clip"),
     (["toy2d-mlp", "--device", "gpu0"], "--device: device 'gpu0' is not a device; use one of 'cpu', 'cuda'"),
     (["toy2d-mlp", "--steps", "0"], "steps must be >= 1, got 0"),

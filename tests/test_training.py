@@ -1,5 +1,6 @@
 """course_lib.training, the one loop: learning rate, EMA, what it logs, objectives' hooks, and kill-and-resume with
 no lost step for every kind of model the course trains (denoiser, text-conditioned U-Net, VAE, classifier, CLIP)."""
+import dataclasses
 import json
 import math
 import os
@@ -283,6 +284,26 @@ def test_resume_error_names_the_saved_steps(tmp_path):
     with pytest.raises(CheckpointError, match=r"steps: saved 5, now 9.*--steps 5 --batch-size 8"):
         train(make_run(steps=9)[0], loss_fn, data, make_run(steps=9)[3], ckpt_path=ckpt, device="cpu",
               progress=False)
+
+
+def test_a_constant_rate_run_continues_past_its_steps_and_equals_one_long_run(tmp_path):
+    """Under a constant learning rate no number depends on `steps`: 5 steps, then continued to 12 (chapter 6 evaluates
+    its curves this way), give the weights, EMA and losses of one 12-step run. A cosine run still refuses (above)."""
+    def constant(steps):
+        model, loss_fn, data, config = make_run(steps=steps)
+        return model, loss_fn, data, dataclasses.replace(config, lr_schedule="constant")
+
+    ckpt = tmp_path / "pieces.safetensors"
+    model, loss_fn, data, config = constant(5)
+    train(model, loss_fn, data, config, ckpt_path=ckpt, device="cpu", progress=False)
+    model, loss_fn, data, config = constant(12)
+    pieces = train(model, loss_fn, data, config, ckpt_path=ckpt, device="cpu", progress=False)
+    model, loss_fn, data, config = constant(12)
+    whole = train(model, loss_fn, data, config, device="cpu", progress=False)
+    assert pieces.start_step == 5 and pieces.steps == 12 and pieces.history == whole.history
+    for a, b in zip([*pieces.model.parameters(), *pieces.ema.parameters()],
+                    [*whole.model.parameters(), *whole.ema.parameters()]):
+        assert torch.equal(a, b)
 
 
 def test_ema_copies_buffers_and_averages_parameters():

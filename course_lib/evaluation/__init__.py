@@ -2,9 +2,10 @@
 
 sweeps   cfg_sweep (chapter 3), steps_sweep (chapter 2), pixel_vs_latent and kl_sweep (chapter 4)
 samplers samplers_sweep (chapter 7): quality against model calls for every sampler, and its summary
-cli      `python -m course_lib.evaluation {cfg,steps,samplers,pixel-vs-latent,kl,floors}`: the sweeps at full size;
-         samplers, pixel-vs-latent and kl write the JSON files in data/ that the notebooks read; floors measures every
-         shipped checkpoint against its quality floor (course_lib.floors)
+scaling  scaling_sweep (chapter 6): DiTs and U-Nets trained at equal compute, measured along their curves; the fit
+cli      `python -m course_lib.evaluation {cfg,steps,samplers,pixel-vs-latent,kl,scaling,floors}`: the sweeps at full
+         size; samplers, pixel-vs-latent, kl and scaling write the JSON files in data/ that the notebooks read; floors
+         measures every shipped checkpoint against its quality floor (course_lib.floors)
 
 The numbers themselves, and the prompts they test on, come from course_lib.metrics; the timings from
 course_lib.bench.
@@ -12,12 +13,13 @@ course_lib.bench.
 from course_lib.metrics.prompts import (DEFAULT_TEMPLATE, EVAL_SEED, REFERENCE_SEED, TRAINING_SEED, Prompt,
                                        fresh_prompts, held_out_prompts, make_prompt, reference_renders)
 
-from .cli import KL_SWEEP_PATH, PIXEL_VS_LATENT_PATH, SAMPLERS_PATH, main
+from .cli import KL_SWEEP_PATH, PIXEL_VS_LATENT_PATH, SAMPLERS_PATH, SCALING_PATH, main
 from .samplers import SAMPLER_NFES, samplers_sweep, summarize
 from .sweeps import (CFG_SCALES, PIXEL_VS_LATENT_MODELS, UNCONDITIONAL_MODEL, Sweep, cfg_sweep, kl_sweep,
                      pixel_vs_latent, score, steps_sweep)
 
-__all__ = ["KL_SWEEP_PATH", "PIXEL_VS_LATENT_PATH", "SAMPLERS_PATH", "SAMPLER_NFES", "samplers_sweep", "summarize",
+__all__ = ["KL_SWEEP_PATH", "PIXEL_VS_LATENT_PATH", "SAMPLERS_PATH", "SCALING_PATH", "SAMPLER_NFES", "samplers_sweep",
+           "summarize",
            "main", "DEFAULT_TEMPLATE", "EVAL_SEED", "REFERENCE_SEED",
            "TRAINING_SEED", "Prompt", "fresh_prompts", "held_out_prompts", "make_prompt", "reference_renders",
            "CFG_SCALES", "PIXEL_VS_LATENT_MODELS", "UNCONDITIONAL_MODEL", "Sweep", "cfg_sweep", "kl_sweep",

@@ -1,7 +1,9 @@
-"""`python -m course_lib.evaluation {cfg,steps,samplers,pixel-vs-latent,kl,floors}`: run a sweep, print its table.
+"""`python -m course_lib.evaluation {cfg,steps,samplers,pixel-vs-latent,kl,scaling,floors}`: run a sweep, print its
+table.
 
 samplers, pixel-vs-latent and kl also write the JSON the notebooks read (data/samplers_vs_nfe.json,
-data/pixel_vs_latent.json, data/vae_kl_sweep.json);
+data/pixel_vs_latent.json, data/vae_kl_sweep.json); scaling trains chapter 6's DiTs and U-Nets, writes
+data/dit_scaling.json and ships the best DiT (shapes64-latent-dit);
 floors measures every shipped checkpoint against the quality floor of its recipe (--write records it in its JSON).
 """
 from __future__ import annotations
@@ -21,12 +23,14 @@ from course_lib.recipes import RECIPES
 
 from course_lib.samplers import SAMPLERS
 
+from .scaling import scaling_sweep
 from .samplers import LCM_MODEL, SAMPLER_NFES, SWEEP_SAMPLERS, WITHIN, samplers_sweep, summarize
 from .sweeps import CFG_SCALES, UNCONDITIONAL_MODEL, cfg_sweep, kl_sweep, pixel_vs_latent, steps_sweep
 
 PIXEL_VS_LATENT_PATH = CHECKPOINT_DIR.parent / "pixel_vs_latent.json"  # chapter 4's table
 KL_SWEEP_PATH = CHECKPOINT_DIR.parent / "vae_kl_sweep.json"  # chapter 4's KL-weight table
 SAMPLERS_PATH = CHECKPOINT_DIR.parent / "samplers_vs_nfe.json"  # chapter 7's table
+SCALING_PATH = CHECKPOINT_DIR.parent / "dit_scaling.json"  # chapter 6's curves and fit
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -79,6 +83,15 @@ def _parser() -> argparse.ArgumentParser:
     kl.add_argument("--batch-size", type=int, default=64)
     kl.add_argument("--device", default=None, help="cpu, cuda, mps (default: course_lib.device())")
     kl.add_argument("-o", "--output", default=str(KL_SWEEP_PATH), help="JSON to write")
+    scl = sub.add_parser("scaling", help="chapter 6: DiTs and U-Nets at equal training FLOPs; the fit; ships "
+                                         "the best DiT (resumable: rerun to continue)")
+    scl.add_argument("--minutes", type=float, default=None,
+                     help="time budget for all runs (default 50 on a CPU, 8 on a GPU); each run's size follows "
+                          "from the throughput measured first")
+    scl.add_argument("--work-dir", default="runs/scaling", help="training states, kept to resume (runs/scaling)")
+    scl.add_argument("--checkpoint-dir", default=None, help="where the best DiT ships (default data/checkpoints)")
+    scl.add_argument("--device", default=None, help="cpu, cuda, mps (default: course_lib.device())")
+    scl.add_argument("-o", "--output", default=str(SCALING_PATH), help="JSON to write")
     floor = sub.add_parser("floors", help="measure each shipped checkpoint against its recipe's quality floor")
     floor.add_argument("--checkpoint-dir", default=None, help="where the checkpoints are (default data/checkpoints)")
     floor.add_argument("--write", action="store_true", help="record the floor and the measurement in each JSON")
@@ -159,6 +172,23 @@ def _kl(args, parser) -> dict:
                        + f" --steps {args.steps} --batch-size {args.batch_size}"}
 
 
+def _scaling(args, parser) -> None:
+    device = course_lib.device(args.device)
+    minutes = args.minutes if args.minutes is not None else (50.0 if device.type == "cpu" else 8.0)
+    if not minutes > 0:
+        parser.error(f"--minutes must be > 0, got {minutes}")
+    command = f"python -m course_lib.evaluation scaling --minutes {minutes:g}" + \
+        (f" --device {args.device}" if args.device else "")
+    record = scaling_sweep(minutes, output=args.output, work_dir=args.work_dir, device=device,
+                           checkpoint_dir=args.checkpoint_dir, command=command)
+    fit = record["summary"].get("frontier_fit")
+    if fit:
+        print(f"frontier: slope {fit['slope']:.3f}, R^2 {fit['r2']:.2f}; doubling compute changes FD by "
+              f"{fit['doubling_changes_fd_percent']:+.1f}% (95%: {fit['doubling_interval_95_percent'][0]:+.1f}% to "
+              f"{fit['doubling_interval_95_percent'][1]:+.1f}%)")
+    print(f"wrote {args.output}")
+
+
 def _floors(args) -> None:
     """Every checkpoint in the directory that a recipe with a floor made: measured on the CPU, as users load it."""
     failed, found = [], 0
@@ -192,6 +222,8 @@ def main(argv: list[str] | None = None) -> None:
             print(sweep)
         elif args.command == "floors":
             _floors(args)
+        elif args.command == "scaling":
+            _scaling(args, parser)
         else:
             write = {"samplers": _samplers, "pixel-vs-latent": _pixel_vs_latent, "kl": _kl}[args.command]
             record = write(args, parser)

@@ -1,8 +1,8 @@
 """The course's networks, and nothing else: nn.Modules and their size presets.
 
-eps_theta(x_t, t) denoisers (a U-Net for images, an MLP for 2-D points), the shapes classifier behind
-course_lib.metrics, a KL autoencoder (VAE) for latent diffusion, and the tiny open_clip CLIP whose text tower
-conditions the text-to-image U-Nets. Shared layers (timestep embedding, attention, resampling) are in `layers`.
+eps_theta(x_t, t) denoisers (a U-Net or a Diffusion Transformer for images, an MLP for 2-D points), the shapes
+classifier behind course_lib.metrics, a KL autoencoder (VAE) for latent diffusion, and the tiny open_clip CLIP whose
+text tower conditions the text-to-image models. Shared layers (timestep embedding, attention, resampling) are in `layers`.
 Losses live in course_lib.losses, the training loop in course_lib.training.
 """
 from __future__ import annotations
@@ -12,6 +12,7 @@ import dataclasses
 import torch.nn as nn
 
 from .classifier import ClassifierConfig, ShapesClassifier, shapes_classifier
+from .dit import DiT, DiTConfig, dit
 from .layers import timestep_embedding
 from .mlp import MLPConfig, MLPDenoiser, mlp_2d
 from .unet import UNet, UNetConfig, unet_latent_cond, unet_small, unet_small_cond, unet_tiny
@@ -19,7 +20,7 @@ from .vae import VAE, VAEConfig, vae_f8
 
 # Model classes by `kind`, the name checkpoints store next to the config dict. ("open_clip", the CLIP, is built
 # by build_model too; it is not listed here because importing open_clip takes seconds and few users need it.)
-MODELS = {"unet": UNet, "mlp": MLPDenoiser, "classifier": ShapesClassifier, "vae": VAE}
+MODELS = {"unet": UNet, "dit": DiT, "mlp": MLPDenoiser, "classifier": ShapesClassifier, "vae": VAE}
 KINDS = (*MODELS, "open_clip")
 
 
@@ -33,7 +34,7 @@ def shapes_clip(**overrides) -> nn.Module:
 # Preset factories by name, used by training recipes.
 FACTORIES = {"unet_tiny": unet_tiny, "unet_small": unet_small, "unet_small_cond": unet_small_cond,
              "unet_latent_cond": unet_latent_cond, "mlp_2d": mlp_2d, "shapes_classifier": shapes_classifier,
-             "vae_f8": vae_f8, "shapes_clip": shapes_clip}
+             "vae_f8": vae_f8, "shapes_clip": shapes_clip, "dit": dit}
 
 
 def build_model(kind: str, config: dict) -> nn.Module:
@@ -52,6 +53,7 @@ def build_model(kind: str, config: dict) -> nn.Module:
     return cls(cls.config_class(**config))  # the config's __post_init__ turns JSON lists back into tuples
 
 
-__all__ = ["MODELS", "KINDS", "FACTORIES", "build_model", "UNet", "UNetConfig", "MLPDenoiser", "MLPConfig",
+__all__ = ["MODELS", "KINDS", "FACTORIES", "build_model", "UNet", "UNetConfig", "DiT", "DiTConfig", "dit",
+           "MLPDenoiser", "MLPConfig",
            "timestep_embedding", "unet_tiny", "unet_small", "unet_small_cond", "unet_latent_cond", "mlp_2d",
            "ShapesClassifier", "ClassifierConfig", "shapes_classifier", "VAE", "VAEConfig", "vae_f8", "shapes_clip"]
