@@ -22,7 +22,7 @@ LAYERS = [
     ("widgets", ["course_lib.widgets", "course_lib.plotting"]),
     ("metrics", ["course_lib.metrics"]),
     ("recipes", ["course_lib.floors", "course_lib.tasks", "course_lib.recipes", "course_lib.train"]),
-    ("evaluation, bench", ["course_lib.evaluation", "course_lib.bench"]),
+    ("evaluation, bench", ["course_lib.evaluation", "course_lib.bench", "course_lib.scale"]),
     ("exercises", ["course_lib.exercises"]),
 ]
 
