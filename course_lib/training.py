@@ -329,6 +329,9 @@ def load_train_state(path, model, ema, optimizer, rngs, config, device) -> tuple
         raise CheckpointError(f"{path} belongs to a run with another configuration ({detail}); resume with the "
                               f"saved settings (e.g. --steps {saved.get('steps')} --batch-size "
                               f"{saved.get('batch_size')}), or {hint}")
+    if step > config.steps:
+        raise CheckpointError(f"{path} is at step {step}, past the {config.steps} steps asked for: pass --steps {step} "
+                              f"or more to continue it, or {hint}")
     if world != distributed.world_size():
         raise CheckpointError(f"{path} was written by {world} processes, this run has {distributed.world_size()}; "
                               f"resume with torchrun --nproc_per_node={world} (the batches and noise depend on it), "

@@ -231,13 +231,14 @@ def test_dit_checks_accept_the_right_answers_and_reject_typical_mistakes():
                lambda x, shift, scale: x * (1 + shift[:, None]) + scale[:, None]):  # shift and scale swapped
         with pytest.raises(AssertionError):
             check_modulate(fn)
-    T = (32 // 4) ** 2
-    check_dit_gflops(2 * 12 * T * (12 * 768**2 + 2 * T * 768) / 1e9, 12, 768, 32, 4)
+    T = (32 // 2) ** 2  # DiT-B/2: 256 tokens, where attention is 5% of the work
+    check_dit_gflops(2 * 12 * T * (12 * 768**2 + 2 * T * 768) / 1e9, 12, 768, 32, 2)
     for wrong in (12 * T * (12 * 768**2 + 2 * T * 768) / 1e9,  # multiply-adds, not FLOPs
                   2 * 12 * T * 12 * 768**2 / 1e9,  # no attention term
-                  2 * 12 * 8 * (12 * 768**2 + 2 * 64 * 768) / 1e9,  # T = H / p instead of (H / p)^2
-                  2 * 12 * 256 * (12 * 768**2 + 2 * 256 * 768) / 1e9):  # patch 2's tokens
+                  2 * 12 * T * (12 * 768**2 + T * 768) / 1e9,  # one attention product instead of two
+                  2 * 12 * 16 * (12 * 768**2 + 2 * 256 * 768) / 1e9,  # T = H / p instead of (H / p)^2
+                  2 * 12 * 64 * (12 * 768**2 + 2 * 64 * 768) / 1e9):  # patch 4's tokens
         with pytest.raises(AssertionError):
-            check_dit_gflops(wrong, 12, 768, 32, 4)
+            check_dit_gflops(wrong, 12, 768, 32, 2)
     with pytest.raises(AssertionError, match="expected a number"):
         check_dit_gflops("12", 12, 768, 32, 4)

@@ -304,6 +304,9 @@ def test_a_constant_rate_run_continues_past_its_steps_and_equals_one_long_run(tm
     for a, b in zip([*pieces.model.parameters(), *pieces.ema.parameters()],
                     [*whole.model.parameters(), *whole.ema.parameters()]):
         assert torch.equal(a, b)
+    model, loss_fn, data, config = constant(8)  # fewer steps than the state holds: refused, not silently past
+    with pytest.raises(CheckpointError, match="at step 12, past the 8 steps asked for: pass --steps 12 or more"):
+        train(model, loss_fn, data, config, ckpt_path=ckpt, device="cpu", progress=False)
 
 
 def test_ema_copies_buffers_and_averages_parameters():

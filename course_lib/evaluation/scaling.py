@@ -29,7 +29,7 @@ import course_lib
 from course_lib import pretrained
 from course_lib.data import DataSpec
 from course_lib.latent import encode_latents
-from course_lib.metrics import count_flops, frechet_distance, frechet_distance_se, load_classifier, prompt_accuracy
+from course_lib.metrics import forward_gflops, frechet_distance, frechet_distance_se, load_classifier, prompt_accuracy
 from course_lib.metrics.prompts import EVAL_SEED, REFERENCE_SEED, fresh_prompts, reference_renders
 from course_lib.recipes import get_recipe
 from course_lib.train import save_trained
@@ -71,22 +71,23 @@ def dit_run(name: str, text_conditioning: str = "pooled") -> ScalingRun:
 
 
 def all_runs(kept: str | None = None) -> list[ScalingRun]:
-    """The sweep in order: the conditioning comparison, then the other DiTs with the kept way, then the U-Nets."""
+    """The sweep in order: the conditioning comparison (alone while `kept` is None), then the other DiTs with the
+    kept way of reading captions, then the U-Nets (matched to those DiTs)."""
     runs = [dit_run(CONDITIONING_DIT, "pooled"), dit_run(CONDITIONING_DIT, "cross")]
-    return runs + ([dit_run(name, kept) for name in DITS] if kept else []) + list(UNETS)
+    if kept is None:
+        return runs
+    unets = [dataclasses.replace(u, matched_to=dit_run(u.matched_to, kept).name) for u in UNETS]
+    return runs + [dit_run(name, kept) for name in DITS] + unets
 
 
 #################################################################################
 #                    Measuring: work per image, and quality                     #
 #################################################################################
 
-def forward_gflops(model, encoder) -> float:
-    """GFLOPs of one forward pass on one latent with a caption (attention counted: metrics.count_flops)."""
-    device = course_lib.device_of(model)
-    tokens, mask = encoder("a red circle")  # (1, L, D), (1, L)
+def latent_gflops(model, encoder) -> float:
+    """GFLOPs of one forward pass on one latent with a caption (attention counted: metrics.forward_gflops)."""
     cfg = model.config
-    x = torch.zeros(1, cfg.in_channels, cfg.image_size, cfg.image_size, device=device)
-    return count_flops(lambda: model(x, torch.tensor([500], device=device), cond=tokens, cond_mask=mask)) / 1e9
+    return forward_gflops(model, (cfg.in_channels, cfg.image_size, cfg.image_size), encoder)
 
 
 @dataclass
@@ -128,7 +129,7 @@ class Judge:
                                      cond_mask=self.mask[i:i + 64]) - self.eps[i:i + 64]).pow(2).mean((1, 2, 3))
                             for i in range(0, len(self.x_t), 64)]).float().cpu()  # (N,) per image
         return {"frechet_distance": fd, "frechet_distance_se": fd_se, "prompt_accuracy": accuracy,
-                "prompt_accuracy_se": math.sqrt(accuracy * (1 - accuracy) / len(images)),
+                "prompt_accuracy_se": math.sqrt(accuracy * (1 - accuracy) / len(images)),  # binomial (0 at 0 and 1)
                 "eps_mse": errors.mean().item(), "eps_mse_se": (errors.std() / math.sqrt(len(errors))).item()}
 
 
@@ -136,41 +137,46 @@ class Judge:
 #                      The fit: Fréchet distance against compute                #
 #################################################################################
 
-T_95 = {1: 12.706, 2: 4.303, 3: 3.182, 4: 2.776, 5: 2.571, 6: 2.447, 8: 2.306, 10: 2.228}  # Student t, 2-sided 95%
+# Student's t, two-sided 95%, by degrees of freedom (1.96 beyond 30)
+T_95 = (12.706, 4.303, 3.182, 2.776, 2.571, 2.447, 2.365, 2.306, 2.262, 2.228, 2.201, 2.179, 2.160, 2.145, 2.131,
+        2.120, 2.110, 2.101, 2.093, 2.086, 2.080, 2.074, 2.069, 2.064, 2.060, 2.056, 2.052, 2.048, 2.045, 2.042)
 
 
 def fit_power_law(flops, fd) -> dict:
-    """Least squares of log FD = a + b log C: slope b, R^2, and what doubling C does to FD, 2^b - 1, with the
-    95% interval of b from the fit's own residuals (Student t with n - 2 degrees of freedom)."""
+    """Least squares of log FD = a + b log C: intercept a, slope b, R^2, and what doubling C does to FD, 2^b - 1,
+    with the 95% interval of b from the fit's residuals (Student t, n - 2 degrees of freedom). The interval treats
+    the points as independent, which points taken along one training run only approximately are."""
     x, y = torch.tensor(flops, dtype=torch.float64).log(), torch.tensor(fd, dtype=torch.float64).log()
     n = len(x)
     if n < 3:
         raise ValueError(f"a fit needs at least 3 points, got {n}")
     xc, yc = x - x.mean(), y - y.mean()
+    if not (xc * xc).sum() > 0 or not (yc * yc).sum() > 0:
+        raise ValueError("a fit needs points with different compute and different Fréchet distances")
     slope = (xc * yc).sum() / (xc * xc).sum()
     residual = yc - slope * xc
     r2 = 1 - (residual * residual).sum() / (yc * yc).sum()
     se = ((residual * residual).sum() / (n - 2) / (xc * xc).sum()).sqrt()
-    t = T_95.get(n - 2, 1.96 if n > 12 else T_95[max(k for k in T_95 if k <= n - 2)])
+    t = T_95[n - 3] if n - 2 <= len(T_95) else 1.96
     low, high = float(slope - t * se), float(slope + t * se)
-    return {"points": n, "slope": float(slope), "slope_interval_95": [low, high], "r2": float(r2),
+    return {"points": n, "intercept": float(y.mean() - slope * x.mean()), "slope": float(slope),
+            "slope_interval_95": [low, high], "r2": float(r2),
             "doubling_changes_fd_percent": 100 * (2 ** float(slope) - 1),
             "doubling_interval_95_percent": [100 * (2 ** low - 1), 100 * (2 ** high - 1)]}
 
 
-def summarize(record: dict) -> dict:
+def summarize_scaling(record: dict) -> dict:
     """The fits and comparisons the chapter reads, from the measured curves."""
     runs = {r["name"]: r for r in record["runs"] if r.get("curve")}
     dits = [r for r in runs.values() if r["family"] == "dit" and r["role"] == "scaling"]
-    budget = record["plan"]["training_flops"]
     # the compute frontier: at each budget fraction, the best DiT there
     frontier = []
-    for fraction in FRACTIONS:
-        rows = [(row["frechet_distance"], r["name"]) for r in dits for row in r["curve"]
+    for fraction in record["plan"]["fractions"]:
+        rows = [(row["frechet_distance"], row["training_flops"], r["name"]) for r in dits for row in r["curve"]
                 if row.get("fraction") == fraction]
         if rows:
-            fd, name = min(rows)
-            frontier.append({"training_flops": fraction * budget, "frechet_distance": fd, "model": name})
+            fd, flops, name = min(rows)
+            frontier.append({"fraction": fraction, "training_flops": flops, "frechet_distance": fd, "model": name})
     summary = {"frontier": frontier}
     if len(frontier) >= 3:
         summary["frontier_fit"] = fit_power_law([f["training_flops"] for f in frontier],
@@ -212,13 +218,14 @@ def _build(run: ScalingRun, device) -> torch.nn.Module:
 
 
 def _plan(runs, prepared, encoder, minutes: float, device, batch_size: int) -> dict:
-    """Measure each network's training speed, then the training FLOPs every run gets so that all fit the budget."""
+    """Measure each network's training speed, then the training FLOPs every run gets so that all fit the budget.
+    (The DiTs are planned reading captions pooled; if cross-attention wins, they take a little longer.)"""
     probe = dataclasses.replace(get_recipe(RECIPE).train, warmup=0)
     speeds = {}
     for run in runs:
         model = _build(run, device)
         timed = time_steps(model, prepared.loss_fn, prepared.data, probe, steps=3, warmup_steps=2, device=device)
-        gflops = forward_gflops(model, encoder)
+        gflops = latent_gflops(model, encoder)
         speeds[run.name] = {"forward_gflops": gflops, "images_per_s": timed.images_per_s,
                             "train_gflops_per_s": 3 * gflops * timed.images_per_s}
         print(f"{run.name}: {gflops:.3f} GFLOPs forward, {timed.images_per_s:.0f} training images/s", flush=True)
@@ -232,7 +239,10 @@ def _plan(runs, prepared, encoder, minutes: float, device, batch_size: int) -> d
 def _points(plan: dict, gflops: float) -> list[tuple[int, float | None]]:
     """(step, fraction of the budget or None) where a run of `gflops` forward is measured."""
     per_step = 3e9 * gflops * plan["batch_size"]
-    points = {max(1, round(f * plan["training_flops"] / per_step)): f for f in plan["fractions"]}
+    points, previous = {}, 0
+    for f in plan["fractions"]:  # strictly increasing: a tiny budget still gets one point per fraction
+        previous = max(round(f * plan["training_flops"] / per_step), previous + 1)
+        points[previous] = f
     last = max(points)
     if plan["fixed_steps"] not in points and plan["fixed_steps"] <= last:
         points[plan["fixed_steps"]] = None
@@ -240,7 +250,7 @@ def _points(plan: dict, gflops: float) -> list[tuple[int, float | None]]:
 
 
 def _write(record: dict, output) -> None:
-    record["summary"] = summarize(record)
+    record["summary"] = summarize_scaling(record)
     Path(output).parent.mkdir(parents=True, exist_ok=True)
     Path(output).write_text(json.dumps(record, indent=2) + "\n")
 
@@ -250,7 +260,7 @@ def _train_run(run, record, prepared, judge, work_dir, device, output, progress)
     plan, schedule = record["plan"], prepared.context["schedule"]
     entry = next((r for r in record["runs"] if r["name"] == run.name), None)
     model = _build(run, device)
-    gflops = forward_gflops(model, prepared.context["encoder"])
+    gflops = latent_gflops(model, prepared.context["encoder"])
     if entry is None:
         entry = {"name": run.name, "family": model.kind, "role": "scaling", "matched_to": run.matched_to,
                  "model": run.model, "model_kwargs": run.model_kwargs, "config": dataclasses.asdict(model.config),
@@ -291,10 +301,9 @@ def _slug(name: str) -> str:
 
 
 def scaling_sweep(minutes: float, *, output, work_dir="runs/scaling", device=None, checkpoint_dir=None,
-                  runs_after_conditioning=None, progress: bool = False, command: str | None = None) -> dict:
+                  progress: bool = False, command: str | None = None) -> dict:
     """Run (or continue) the whole experiment; writes `output` after every measurement and returns the record.
 
-    runs_after_conditioning(kept) -> the runs after the pooled-vs-cross pair (default: `all_runs(kept)`'s).
     Ships the best text DiT under the recipe name into checkpoint_dir when the recipe describes that network."""
     device = course_lib.device(device)
     recipe = get_recipe(RECIPE)
@@ -305,8 +314,10 @@ def scaling_sweep(minutes: float, *, output, work_dir="runs/scaling", device=Non
         record = {}  # another machine or budget: start over (throughputs and budgets do not carry over)
     judge = Judge.build(schedule, encoder, pretrained.load_vae(recipe.task.vae, device=device), device)
     if not record:
-        pair = all_runs()[:2]
-        later = runs_after_conditioning("pooled") if runs_after_conditioning else all_runs("pooled")[2:]
+        for state in Path(work_dir).glob("*.train.safetensors"):  # another plan: its runs' states do not apply
+            state.unlink()
+        pair = all_runs()
+        later = all_runs("pooled")[2:]
         second = reference_renders(judge.prompts, EVAL["per_prompt"], size=64, seed=REFERENCE_SEED + 1)
         record = {"command": command, "device": course_lib.device_name(device), "threads": torch.get_num_threads(),
                   "recipe": RECIPE, "data": dataclasses.asdict(recipe.data),
@@ -316,14 +327,14 @@ def scaling_sweep(minutes: float, *, output, work_dir="runs/scaling", device=Non
                   "runs": []}
         _write(record, output)
     started = time.perf_counter()
-    pair = [_train_run(run, record, prepared, judge, work_dir, device, output, progress) for run in all_runs()[:2]]
+    pair = [_train_run(run, record, prepared, judge, work_dir, device, output, progress) for run in all_runs()]
     kept = "pooled" if pair[0]["curve"][-1]["frechet_distance"] <= pair[1]["curve"][-1]["frechet_distance"] \
         else "cross"
     record["kept_conditioning"] = kept
     pair[1]["role"] = "conditioning"  # the loser stays out of the scaling fit
     if kept == "cross":
         pair[0]["role"], pair[1]["role"] = "conditioning", "scaling"
-    later = runs_after_conditioning(kept) if runs_after_conditioning else all_runs(kept)[2:]
+    later = all_runs(kept)[2:]
     for run in later:
         _train_run(run, record, prepared, judge, work_dir, device, output, progress)
     record["sweep_seconds_this_call"] = time.perf_counter() - started
@@ -383,8 +394,9 @@ def _ship(record: dict, prepared, work_dir, device, checkpoint_dir) -> str | Non
     config = dataclasses.replace(recipe.train, steps=best["steps"])
     result = train(_build(run, device), prepared.loss_fn, prepared.data, config, device=device, progress=False,
                    ckpt_path=Path(work_dir) / f"{_slug(run.name)}.train.safetensors")  # loads the finished run
-    result = dataclasses.replace(result, seconds=best["seconds"],
-                                 images_per_s=best["steps"] * config.batch_size / best["seconds"])
+    seconds = best["seconds"]  # of training, summed over the pieces of the run
+    result = dataclasses.replace(result, seconds=seconds,
+                                 images_per_s=best["steps"] * config.batch_size / seconds if seconds > 0 else 0.0)
     save_trained(recipe, config, result, prepared, out=checkpoint_dir or pretrained.CHECKPOINT_DIR,
                  command=f"python -m course_lib.train {RECIPE} --steps {best['steps']}", device=device)
     return best["name"]

@@ -24,6 +24,16 @@ def count_flops(fn) -> int:
     return counter.get_total_flops()
 
 
+def forward_gflops(model, shape, encoder=None, *, batch: int = 1) -> float:
+    """GFLOPs of one call of a denoiser on `batch` inputs of shape (C, H, W), with a caption's tokens when an
+    encoder is given (a text model's work grows with the caption's tokens: every call here reads the same one)."""
+    device = course_lib.device_of(model)
+    tokens, mask = encoder(["a red circle"] * batch) if encoder is not None else (None, None)
+    x = torch.zeros(batch, *shape, device=device)  # (batch, C, H, W)
+    t = torch.full((batch,), 500, device=device)
+    return count_flops(lambda: model(x, t, cond=tokens, cond_mask=mask)) / 1e9
+
+
 def gflops_per_step(model="shapes64-latent-t2i", *, guided: bool = True, directory=None) -> float:
     """GFLOPs of one denoising step for ONE image: a network call on a batch of 2 (cond + uncond) if guided.
 
@@ -34,10 +44,7 @@ def gflops_per_step(model="shapes64-latent-t2i", *, guided: bool = True, directo
     device = course_lib.device_of(p.model)
     encoder = pretrained.load_text_encoder(p, device, directory)
     batch = 2 if guided and encoder is not None else 1
-    tokens, mask = encoder(["a red circle"] * batch) if encoder is not None else (None, None)
-    x = torch.zeros(batch, *pretrained.sample_shape(p), device=device)  # (batch, C, H, W): the sampler's space
-    t = torch.full((batch,), 500, device=device)
-    return count_flops(lambda: p.model(x, t, cond=tokens, cond_mask=mask)) / 1e9
+    return forward_gflops(p.model, pretrained.sample_shape(p), encoder, batch=batch)  # in the sampler's space
 
 
 def decode_gflops(model="shapes64-latent-t2i", *, directory=None) -> float:

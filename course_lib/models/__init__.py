@@ -1,9 +1,9 @@
 """The course's networks, and nothing else: nn.Modules and their size presets.
 
-eps_theta(x_t, t) denoisers (a U-Net or a Diffusion Transformer for images, an MLP for 2-D points), the shapes
-classifier behind course_lib.metrics, a KL autoencoder (VAE) for latent diffusion, and the tiny open_clip CLIP whose
-text tower conditions the text-to-image models. Shared layers (timestep embedding, attention, resampling) are in `layers`.
-Losses live in course_lib.losses, the training loop in course_lib.training.
+eps_theta(x_t, t) denoisers (a U-Net or a Diffusion Transformer for images, an MLP for 2-D points), the
+shapes classifier behind course_lib.metrics, a KL autoencoder (VAE) for latent diffusion, and the tiny open_clip
+CLIP whose text tower conditions the text-to-image models. Shared layers (timestep embedding, attention,
+resampling) are in `layers`. Losses live in course_lib.losses, the training loop in course_lib.training.
 """
 from __future__ import annotations
 

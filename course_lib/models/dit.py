@@ -47,6 +47,11 @@ class DiTConfig:
     ff_norm_eps: float = 1e-6  # eps of the LayerNorm before the MLP (the paper's 1e-6; diffusers' `norm_eps`)
 
     def __post_init__(self):
+        if self.patch_size < 1 or self.image_size < 1:
+            raise ValueError(f"patch_size and image_size must be >= 1, got {self.patch_size} and {self.image_size}")
+        if self.hidden_size % 4:
+            raise ValueError(f"hidden_size must be a multiple of 4 (the 2-D sin-cos positions split it into four), "
+                             f"got {self.hidden_size}")
         if self.image_size % self.patch_size:
             raise ValueError(f"image_size {self.image_size} must be a multiple of patch_size {self.patch_size}")
         if self.hidden_size % self.num_heads:
@@ -215,6 +220,9 @@ class DiT(nn.Module):
             if cond.shape != (B,) or cond.dtype not in (torch.int32, torch.int64):
                 raise ValueError(f"this DiT is class-conditional: cond must be a ({B},) LongTensor of class ids in "
                                  f"[0, {cfg.num_classes}]; got {cond.dtype} {tuple(cond.shape)}")
+            if cond.min() < 0 or cond.max() > cfg.num_classes:
+                raise ValueError(f"class ids must be in [0, {cfg.num_classes}] ({cfg.num_classes} = the null class), "
+                                 f"got {cond.min().item()}..{cond.max().item()}")
         elif cfg.cond_dim is not None:
             if cond.ndim != 3 or cond.shape[0] != B or cond.shape[2] != cfg.cond_dim:
                 raise ValueError(f"cond must have shape ({B}, L, {cfg.cond_dim}) (text token embeddings); "
@@ -263,10 +271,10 @@ class DiT(nn.Module):
         """A course DiT with the weights of a diffusers `DiTTransformer2DModel` (class-conditional, adaLN-Zero),
         giving its outputs (eps, and v for a learned-sigma model) to float32 rounding."""
         cfg = model.config
-        if cfg.norm_type != "ada_norm_zero" or cfg.activation_fn != "gelu-approximate" or not cfg.attention_bias:
-            raise ValueError(f"only DiT's own design converts (norm_type 'ada_norm_zero', activation "
-                             f"'gelu-approximate', attention_bias True); got {cfg.norm_type!r}, "
-                             f"{cfg.activation_fn!r}, {cfg.attention_bias}")
+        if cfg.activation_fn != "gelu-approximate" or not cfg.attention_bias or cfg.norm_elementwise_affine:
+            raise ValueError(f"only DiT's own design converts (activation 'gelu-approximate', attention_bias True, "
+                             f"norm_elementwise_affine False); got {cfg.activation_fn!r}, {cfg.attention_bias}, "
+                             f"{cfg.norm_elementwise_affine}")
         out_channels = model.out_channels
         if out_channels not in (cfg.in_channels, 2 * cfg.in_channels):
             raise ValueError(f"out_channels must be in_channels (eps) or twice it (eps, then v); got {out_channels}")
