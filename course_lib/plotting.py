@@ -41,9 +41,9 @@ def draw_dit_block(ax) -> None:
                 bbox=dict(boxstyle="round", facecolor="#eef3fb" if "gate" not in text else "#fdf0e6"))
     for (_, y0, _), (_, y1, _) in zip(boxes, boxes[1:]):
         ax.annotate("", xy=(0.5, y1 - 0.045), xytext=(0.5, y0 + 0.045), arrowprops=dict(arrowstyle="->"))
-    ax.text(0.02, 0.57, "c = embed(t)\n   + embed(caption)\n\n→ linear → six\n(B × d) vectors,\nzero at the start",
+    ax.text(-0.02, 0.57, "c = embed(t)\n + embed(caption)\n→ linear → six\n(B × d) vectors,\nzero at the start",
             fontsize=8, va="center", bbox=dict(boxstyle="round", facecolor="#f4f4f4"))
-    for y in (0.22, 0.50, 0.64, 0.92):
-        ax.annotate("", xy=(0.26, y), xytext=(0.2, 0.57), arrowprops=dict(arrowstyle="->", color="grey"))
+    for y, x_tip in ((0.22, 0.27), (0.50, 0.38), (0.64, 0.27), (0.92, 0.38)):  # to the two norms and two gates
+        ax.annotate("", xy=(x_tip, y), xytext=(0.2, 0.57), arrowprops=dict(arrowstyle="->", color="grey"))
     ax.set(xlim=(0, 1), ylim=(0, 1))
     ax.axis("off")

@@ -179,7 +179,6 @@ class DiT(nn.Module):
         self.y_embedder = nn.Embedding(cfg.num_classes + 1, d) if cfg.num_classes is not None else None
         pooled = cfg.cond_dim is not None and cfg.text_conditioning in ("pooled", "both")
         self.text_proj = nn.Linear(cfg.cond_dim, d) if pooled else None  # the caption's mean token -> c
-        self.null_text = nn.Parameter(torch.zeros(d)) if pooled else None  # c's text part when cond is None
         self.blocks = nn.ModuleList([DiTBlock(cfg) for _ in range(cfg.depth)])
         self.final_layer = FinalLayer(cfg)
         self.initialize_weights()
@@ -220,7 +219,7 @@ class DiT(nn.Module):
             if cond.shape != (B,) or cond.dtype not in (torch.int32, torch.int64):
                 raise ValueError(f"this DiT is class-conditional: cond must be a ({B},) LongTensor of class ids in "
                                  f"[0, {cfg.num_classes}]; got {cond.dtype} {tuple(cond.shape)}")
-            if cond.min() < 0 or cond.max() > cfg.num_classes:
+            if not cond.is_meta and (cond.min() < 0 or cond.max() > cfg.num_classes):  # (meta: shapes only)
                 raise ValueError(f"class ids must be in [0, {cfg.num_classes}] ({cfg.num_classes} = the null class), "
                                  f"got {cond.min().item()}..{cond.max().item()}")
         elif cfg.cond_dim is not None:
@@ -242,9 +241,8 @@ class DiT(nn.Module):
             if cond is None:
                 cond = torch.full((batch,), self.config.num_classes, device=c.device)  # the null class
             c = c + self.y_embedder(cond)
-        if self.text_proj is not None:
-            if cond is None:
-                return c + self.null_text
+        if self.text_proj is not None and cond is not None:  # (no caption at all: no text term; guidance and
+            #                                                  caption dropout pass the empty prompt's tokens instead)
             mask = torch.ones(cond.shape[:2], dtype=torch.bool, device=c.device) if cond_mask is None else cond_mask
             weights = mask.to(cond.dtype)[:, :, None]  # (B, L, 1)
             pooled = (cond * weights).sum(1) / weights.sum(1).clamp(min=1)  # (B, cond_dim): mean of real tokens
