@@ -63,7 +63,7 @@ def _meta(build, call):
     """(parameters, GFLOPs of call(model)) of build() on the meta device: shapes only, no weights."""
     with torch.device("meta"):
         model = build()
-        return sum(p.numel() for p in model.parameters()), count_flops(lambda: call(model)) / 1e9
+        return _count(model), count_flops(lambda: call(model)) / 1e9
 
 
 def real_networks() -> dict[str, Network]:

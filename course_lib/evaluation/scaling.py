@@ -274,8 +274,7 @@ def _train_run(run, record, prepared, judge, work_dir, device, output, progress)
         if any(row["step"] == step for row in entry["curve"]):
             continue
         result = train(model, prepared.loss_fn, prepared.data, dataclasses.replace(config, steps=step),
-                       ckpt_path=Path(work_dir) / f"{_slug(run.name)}.train.safetensors", device=device,
-                       progress=progress)
+                       ckpt_path=_state_path(work_dir, run.name), device=device, progress=progress)
         entry["seconds"] += result.seconds
         p = pretrained.Pretrained(result.final, schedule, _meta(run.name, model))
         images = step * plan["batch_size"]
@@ -291,13 +290,14 @@ def _train_run(run, record, prepared, judge, work_dir, device, output, progress)
 
 def _meta(name: str, model) -> dict:
     """What the samplers' helpers read from a checkpoint's JSON, for a model still in training."""
-    task = get_recipe(RECIPE).task
-    return {"name": name, "text_encoder": task.text_encoder, "vae": task.vae, "data": {"size": 64},
-            "config": dataclasses.asdict(model.config)}
+    recipe = get_recipe(RECIPE)
+    return {"name": name, "text_encoder": recipe.task.text_encoder, "vae": recipe.task.vae,
+            "data": {"size": recipe.data.size}, "config": dataclasses.asdict(model.config)}
 
 
-def _slug(name: str) -> str:
-    return "".join(c if c.isalnum() else "-" for c in name).strip("-")
+def _state_path(work_dir, name: str) -> Path:
+    """Where a run keeps its resumable training state."""
+    return Path(work_dir) / ("".join(c if c.isalnum() else "-" for c in name).strip("-") + ".train.safetensors")
 
 
 def scaling_sweep(minutes: float, *, output, work_dir="runs/scaling", device=None, checkpoint_dir=None,
@@ -312,18 +312,17 @@ def scaling_sweep(minutes: float, *, output, work_dir="runs/scaling", device=Non
     record = json.loads(Path(output).read_text()) if Path(output).exists() else {}
     if record.get("device") != course_lib.device_name(device) or record.get("plan", {}).get("minutes") != minutes:
         record = {}  # another machine or budget: start over (throughputs and budgets do not carry over)
-    judge = Judge.build(schedule, encoder, pretrained.load_vae(recipe.task.vae, device=device), device)
+    judge = Judge.build(schedule, encoder, pretrained.load_vae(recipe.task.vae, device=device), device,
+                        size=recipe.data.size)
     if not record:
         for state in Path(work_dir).glob("*.train.safetensors"):  # another plan: its runs' states do not apply
             state.unlink()
-        pair = all_runs()
-        later = all_runs("pooled")[2:]
-        second = reference_renders(judge.prompts, EVAL["per_prompt"], size=64, seed=REFERENCE_SEED + 1)
+        second = reference_renders(judge.prompts, EVAL["per_prompt"], size=recipe.data.size, seed=REFERENCE_SEED + 1)
         record = {"command": command, "device": course_lib.device_name(device), "threads": torch.get_num_threads(),
                   "recipe": RECIPE, "data": dataclasses.asdict(recipe.data),
                   "train_config": dataclasses.asdict(recipe.train), "eval": dict(EVAL, eps_mse_images=EPS_MSE_IMAGES),
                   "real_vs_real_fd": frechet_distance(second, judge.real, judge.classifier),
-                  "plan": _plan(pair + later, prepared, encoder, minutes, device, recipe.train.batch_size),
+                  "plan": _plan(all_runs("pooled"), prepared, encoder, minutes, device, recipe.train.batch_size),
                   "runs": []}
         _write(record, output)
     started = time.perf_counter()
@@ -354,12 +353,13 @@ def _note(record: dict, device) -> str:
             f"runs from that GPU's measured throughput")
 
 
-def _final_model(entry: dict, prepared, work_dir, device) -> torch.nn.Module:
-    """A finished run's EMA weights, read back from its training state."""
+def _finished(entry: dict, prepared, work_dir, device):
+    """(TrainResult, TrainConfig) of a finished run, read back from its training state (no step is trained)."""
     run = ScalingRun(entry["name"], entry["model"], entry["model_kwargs"])
     config = dataclasses.replace(get_recipe(RECIPE).train, steps=entry["steps"])
-    return train(_build(run, device), prepared.loss_fn, prepared.data, config, device=device, progress=False,
-                 ckpt_path=Path(work_dir) / f"{_slug(run.name)}.train.safetensors").final
+    result = train(_build(run, device), prepared.loss_fn, prepared.data, config, device=device, progress=False,
+                   ckpt_path=_state_path(work_dir, run.name))
+    return result, config
 
 
 def _sample_grid(record: dict, prepared, judge, work_dir, device, path: Path) -> dict:
@@ -371,7 +371,7 @@ def _sample_grid(record: dict, prepared, judge, work_dir, device, path: Path) ->
     entries = [r for r in entries if r["role"] == "scaling" and r.get("curve")]
     rows = []
     for entry in entries:
-        model = _final_model(entry, prepared, work_dir, device)
+        model = _finished(entry, prepared, work_dir, device)[0].final
         p = pretrained.Pretrained(model, prepared.context["schedule"], _meta(entry["name"], model))
         images, _ = sample_prompts(p, "dpmpp_2m", 20, judge.prompts, 1, guidance_scale=EVAL["guidance_scale"],
                                    seed=EVAL["seed"])
@@ -390,10 +390,7 @@ def _ship(record: dict, prepared, work_dir, device, checkpoint_dir) -> str | Non
         print(f"the best DiT is {best['name']}; recipe {RECIPE} describes {recipe.model_kwargs}: set its "
               f"model_kwargs to {wanted} and run this command again (it only ships)")
         return None
-    run = ScalingRun(best["name"], best["model"], best["model_kwargs"])
-    config = dataclasses.replace(recipe.train, steps=best["steps"])
-    result = train(_build(run, device), prepared.loss_fn, prepared.data, config, device=device, progress=False,
-                   ckpt_path=Path(work_dir) / f"{_slug(run.name)}.train.safetensors")  # loads the finished run
+    result, config = _finished(best, prepared, work_dir, device)
     seconds = best["seconds"]  # of training, summed over the pieces of the run
     result = dataclasses.replace(result, seconds=seconds,
                                  images_per_s=best["steps"] * config.batch_size / seconds if seconds > 0 else 0.0)
