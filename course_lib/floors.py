@@ -8,7 +8,7 @@ the code that loads or samples a model, fall far below the floor; an honest retr
     prompt_accuracy   text to image: share of images showing everything their fresh prompt names     (at least)
     color_accuracy    text to image: share of images in the prompt's colour                         (at least)
     frechet_distance  unconditional: Fréchet distance of samples to real renders (classifier space)  (at most)
-    psnr_db           VAE: reconstruction PSNR (dB) on fresh renders                                 (at least)
+    psnr_db           VAE, VQ tokenizer: reconstruction PSNR (dB) on fresh renders                   (at least)
     accuracy          classifier: share of fresh renders with all five attributes right              (at least)
     zero_shot         CLIP: zero-shot accuracy with one short prompt per value, mean of 5 attributes (at least)
 """
@@ -29,12 +29,13 @@ from course_lib.pretrained import Pretrained, image_shape
 from course_lib.samplers import ddim, make_timesteps
 
 # metric -> the settings it is measured with
-METRICS = {"prompt_accuracy": ("prompts", "per_prompt", "steps", "guidance_scale", "seed"),
-           "color_accuracy": ("prompts", "per_prompt", "steps", "guidance_scale", "seed"),
+METRICS = {"prompt_accuracy": ("prompts", "per_prompt", "guidance_scale", "seed"),
+           "color_accuracy": ("prompts", "per_prompt", "guidance_scale", "seed"),
            "frechet_distance": ("n", "steps", "seed"), "psnr_db": ("n", "size", "seed"),
            "accuracy": ("n", "size", "seed"), "zero_shot": ("n", "size", "seed")}
 AT_MOST = ("frechet_distance",)  # lower is better: the limit is a ceiling
-# (a text-to-image floor may also name its "sampler"; without one it samples with DDIM)
+# (a diffusion text-to-image floor also names its "steps", and may name its "sampler" (without one: DDIM); an
+# autoregressive one names neither, and may name a "temperature")
 
 
 @dataclass
@@ -72,9 +73,9 @@ def measure(p: Pretrained, floor: Floor, directory=None) -> float:
         classifier = load_classifier(device=device)
         scores = []
         for i, prompt in enumerate(fresh_prompts(s["prompts"], seed=s["seed"])):
-            images = generate(prompt.text, steps=s["steps"], guidance_scale=s["guidance_scale"], seed=s["seed"] + i,
-                              n=s["per_prompt"], model=p, directory=directory,
-                              sampler=s.get("sampler", "ddim")).images
+            options = {k: s[k] for k in ("steps", "sampler", "temperature") if k in s}
+            images = generate(prompt.text, guidance_scale=s["guidance_scale"], seed=s["seed"] + i,
+                              n=s["per_prompt"], model=p, directory=directory, **options).images
             if floor.metric == "prompt_accuracy":
                 scores.append(prompt_accuracy(images, prompt.attributes, classifier, keys=prompt.keys))
             else:
@@ -89,6 +90,8 @@ def measure(p: Pretrained, floor: Floor, directory=None) -> float:
     renders = ShapesDataset(size=s["size"], n=s["n"], seed=s["seed"])
     if floor.metric == "psnr_db":
         images = renders.images()
+        if p.meta.get("kind") == "vq":  # a VQ tokenizer: through its codes
+            return psnr(p.model.decode(p.model.encode(images.to(device))).float().cpu(), images)
         return psnr(reconstruct(p.model, images), images)
     if floor.metric == "accuracy":
         return classifier_accuracy(p.model, renders.images(), renders.attributes())["all"]

@@ -32,8 +32,13 @@ from course_lib.latent import latent_decoder
 from course_lib.pretrained import CheckpointError, CheckpointNotFoundError, Pretrained, image_shape, load_checkpoint, \
     load_text_encoder, sample_shape
 from course_lib.samplers import StepRecord, get_sampler, make_timesteps
+from course_lib.autoregressive import check_sampling, sample_tokens
+from course_lib.tokens import FillFrame, tokenizer_of
 
 DEFAULT_MODEL = "shapes32-t2i"  # the shipped text-to-image U-Net (retrain: python -m course_lib.train shapes32-t2i)
+# guidance_scale when none is given: 5 for diffusion; 2 for the autoregressive models, whose guidance acts on logits
+# (shapes32-ar on 8 fresh prompts: the asked colour in 100% of images at 1 and 2, 94% at 3; at 5 it drifts)
+DEFAULT_GUIDANCE = {"diffusion": 5.0, "autoregressive": 2.0}
 GRID_MAX = 64  # the command line writes up to this many images as one PNG grid; more go to numbered PNGs
 # The default batch: 64 images of 3x32x32 on a CPU, 8 times that on an accelerator; bigger images get
 # proportionally fewer (see default_batch_size).
@@ -50,25 +55,31 @@ class Generation:
     """What `generate` returns (and `generate_batches` yields, one per batch); everything on the CPU."""
 
     images: torch.Tensor  # (n, 3, H, W) final images in [-1, 1] (not clipped: the sampler's output, decoded if latent)
-    records: list[StepRecord]  # one per sampler step: x_t after the step and the predicted x0 (latents if latent)
+    records: list  # one StepRecord per sampler step: x_t after the step and the predicted x0 (latents if latent);
+    #                 an autoregressive model's FillFrames: the image as written so far, a scan line or token apart
     latents: torch.Tensor | None = None  # latent models: the sampler's output (n, 4, h, w) before decoding
     decode: Callable | None = None  # latent models: latents -> images (e.g. for the records); None for pixels
     first: int = 0  # the index of images[0] in the seed's sequence of images (see SEED_RULE)
 
 
 # ----- the pipeline ------------------------------------------------------------------------------------------------
-def generate(prompt: str, *, steps: int = 20, guidance_scale: float = 5.0, sampler: str = "ddim", seed: int = 0,
-             n: int = 4, first: int = 0, batch_size: int | None = None, model="shapes32-t2i", device=None,
-             directory=None, callback=None) -> Generation:
+def generate(prompt: str, *, steps: int | None = None, guidance_scale: float | None = None, sampler: str | None = None,
+             seed: int = 0, n: int = 4, first: int = 0, batch_size: int | None = None, model="shapes32-t2i",
+             device=None, directory=None, callback=None, temperature: float | None = None,
+             top_k: int | None = None) -> Generation:
     """Sample n images for a prompt with classifier-free guidance (Ho & Salimans 2022) and a sampler.
 
     prompt          a caption like "a small blue star at the top". The empty prompt "" is the *unconditional*
                     prompt (the one the model saw when captions were dropped in training): it gives unconditional
                     samples, whatever guidance_scale is.
-    steps           number of sampler steps (>= 1; trailing spacing, see `samplers.make_timesteps`)
+    steps           number of sampler steps (>= 1, default 20; trailing spacing, see `samplers.make_timesteps`)
     guidance_scale  diffusers' convention: 1 = no guidance (the plain conditional model), 0 = ignore the prompt,
-                    > 1 = follow the prompt more strongly (fewer kinds of images)
-    sampler         a name from `samplers.SAMPLERS` ("ddim", "ddpm", ...)
+                    > 1 = follow the prompt more strongly (fewer kinds of images); default DEFAULT_GUIDANCE (5 for
+                    diffusion, 2 for autoregressive models)
+    sampler         a name from `samplers.SAMPLERS` ("ddim" by default, "ddpm", ...)
+    temperature, top_k  autoregressive models only (shapes32-ar, shapes32-ar-tokens): softmax temperature
+                    (default 1; 0 = always the likeliest token) and keep only the k likeliest tokens (default all).
+                    They write one token per model call, so steps and sampler do not apply to them (refused).
     seed            seeds the CPU generators that draw x_T and the sampler's noise: the same images on every device.
                     Image k starts from the generator's k-th draw of one x_T (SEED_RULE): as if all were drawn at
                     once, torch.randn((first + n, C, H, W), generator=torch.Generator().manual_seed(seed))[k];
@@ -87,7 +98,7 @@ def generate(prompt: str, *, steps: int = 20, guidance_scale: float = 5.0, sampl
     """
     batches = list(generate_batches(prompt, steps=steps, guidance_scale=guidance_scale, sampler=sampler, seed=seed,
                                     n=n, first=first, batch_size=batch_size, model=model, device=device,
-                                    directory=directory, callback=callback))
+                                    directory=directory, callback=callback, temperature=temperature, top_k=top_k))
     if len(batches) == 1:
         return batches[0]
     try:
@@ -100,9 +111,11 @@ def generate(prompt: str, *, steps: int = 20, guidance_scale: float = 5.0, sampl
                           f"to a directory: -o DIR/)") from e
 
 
-def generate_batches(prompt: str, *, steps: int = 20, guidance_scale: float = 5.0, sampler: str = "ddim",
+def generate_batches(prompt: str, *, steps: int | None = None, guidance_scale: float | None = None,
+                     sampler: str | None = None,
                      seed: int = 0, n: int = 4, first: int = 0, batch_size: int | None = None, model="shapes32-t2i",
-                     device=None, directory=None, callback=None) -> Iterator[Generation]:
+                     device=None, directory=None, callback=None, temperature: float | None = None,
+                     top_k: int | None = None) -> Iterator[Generation]:
     """`generate`, one batch at a time: yields a Generation of up to batch_size images (its `first` says which).
 
     Same arguments as `generate`. The arguments are checked and the checkpoint loaded when this is called; each
@@ -119,13 +132,21 @@ def generate_batches(prompt: str, *, steps: int = 20, guidance_scale: float = 5.
         device = course_lib.device_of(model.model)
     p = load_checkpoint(model, device, directory)
     encoder = load_text_encoder(p, device, directory)
-    if encoder is None or p.schedule is None:
+    if encoder is None or (p.schedule is None and p.meta.get("kind") != "ar"):
         raise ValueError(f"checkpoint {p.meta.get('name')!r} is not text-conditional (its JSON names no "
                          f"text_encoder): generate() needs a text-conditional checkpoint such as {DEFAULT_MODEL!r}; "
                          f"sample unconditional models with course_lib.samplers or DenoisingPlayer")
     device = course_lib.device_of(p.model)
     p.model.eval()  # dropout off: the same seed must give the same images
-
+    if p.meta.get("kind") == "ar":
+        guidance_scale = DEFAULT_GUIDANCE["autoregressive"] if guidance_scale is None else guidance_scale
+        return _autoregressive_batches(p, encoder, prompt, steps, sampler, guidance_scale, temperature, top_k, seed,
+                                       n, first, batch_size, directory, callback)
+    if temperature is not None or top_k is not None:
+        raise ValueError(f"temperature and top_k apply to autoregressive models (e.g. model='shapes32-ar'); "
+                         f"{p.meta.get('name')!r} is a diffusion model: its randomness is the starting noise (seed)")
+    steps, sampler = (20 if steps is None else steps), ("ddim" if sampler is None else sampler)
+    guidance_scale = DEFAULT_GUIDANCE["diffusion"] if guidance_scale is None else guidance_scale
     eps_model = GuidedModel(p.model, *encoder(prompt), *encoder(""), guidance_scale)  # cond (1, L, D), uncond
     decode = latent_decoder(p, device, directory)  # None for a pixel-space model
     batch_size = default_batch_size(p, device) if batch_size is None else int(batch_size)
@@ -160,6 +181,42 @@ def generate_batches(prompt: str, *, steps: int = 20, guidance_scale: float = 5.
                 raise MemoryError(_too_big(size, image_shape(p), device)) from e
             latents = None if decode is None else samples.float().cpu()
             yield Generation(images=images, records=records, latents=latents, decode=decode, first=start)
+
+    return batches()
+
+
+def _autoregressive_batches(p: Pretrained, encoder, prompt, steps, sampler, guidance_scale, temperature, top_k,
+                            seed, n, first, batch_size, directory, callback) -> Iterator[Generation]:
+    """generate_batches for an autoregressive checkpoint: `sample_tokens` writes every token of a batch, image k
+    drawing from its own step_noise_generator(seed, k); records are FillFrames, one per scan line of pixels (or
+    per code of a token model)."""
+    name, calls = p.meta.get("name"), p.model.config.seq_len
+    if steps is not None or sampler is not None:
+        raise ValueError(f"{name!r} is autoregressive: it writes its {calls} tokens one model call each, so steps "
+                         f"and sampler (diffusion options) do not apply; drop them (its options: temperature, top_k, "
+                         f"guidance_scale)")
+    temperature = 1.0 if temperature is None else temperature
+    check_sampling(temperature, top_k, p.model.config.vocab_size)
+    tokenizer = tokenizer_of(p, course_lib.device_of(p.model), directory)
+    every = tokenizer.grid if tokenizer.kind == "pixels" else 1  # a frame per scan line, or per code
+    batch_size = default_batch_size(p, course_lib.device_of(p.model)) if batch_size is None else int(batch_size)
+    (cond, cond_mask), (uncond, uncond_mask) = encoder(prompt), encoder("")
+
+    def batches() -> Iterator[Generation]:
+        for start in range(first, first + n, batch_size):
+            size, records = min(batch_size, first + n - start), []
+
+            def on_call(record) -> None:
+                if (record.step + 1) % every == 0:
+                    records.append(FillFrame(record.step + 1, calls, tokenizer.canvas(record.tokens)))
+                    if callback is not None:
+                        callback(records[-1])
+
+            tokens = sample_tokens(p.model, size, cond=cond, cond_mask=cond_mask, uncond=uncond,
+                                   uncond_mask=uncond_mask, guidance_scale=guidance_scale, temperature=temperature,
+                                   top_k=top_k, callback=on_call,
+                                   generator=[step_noise_generator(seed, k) for k in range(start, start + size)])
+            yield Generation(images=tokenizer.decode(tokens.cpu()), records=records, first=start)
 
     return batches()
 
@@ -212,15 +269,19 @@ def _check_arguments(prompt, steps, guidance_scale, sampler, seed, n, first, bat
     if not isinstance(prompt, str):
         raise TypeError(f"prompt must be a str (\"\" is the unconditional prompt), got {type(prompt).__name__} "
                         f"{prompt!r}")
-    checks = [("steps", steps, 1, 20), ("n", n, 1, 4), ("seed", seed, 0, 0), ("first", first, 0, 0)]
+    checks = [("n", n, 1, 4), ("seed", seed, 0, 0), ("first", first, 0, 0)]
+    if steps is not None:  # None: 20 for a diffusion model (autoregressive models take none)
+        checks.append(("steps", steps, 1, 20))
     if batch_size is not None:  # None: default_batch_size
         checks.append(("batch_size", batch_size, 1, 16))
     for name, value, low, example in checks:
         if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < low:
             raise ValueError(f"{name} must be an int >= {low} (e.g. {name}={example}), got {value!r}")
-    if isinstance(guidance_scale, bool) or not isinstance(guidance_scale, (int, float)) or not guidance_scale >= 0:
+    if guidance_scale is not None and (isinstance(guidance_scale, bool) or not isinstance(guidance_scale, (int, float))
+                                       or not guidance_scale >= 0):
         raise ValueError(f"guidance_scale must be a number >= 0 (1 = no guidance, 5 = strong), got {guidance_scale!r}")
-    get_sampler(sampler)  # ValueError naming the valid samplers
+    if sampler is not None:
+        get_sampler(sampler)  # ValueError naming the valid samplers
 
 
 # ----- files: a PNG grid, a GIF of the denoising, numbered PNGs ---------------------------------------------------
@@ -239,6 +300,10 @@ def save_gif(records: list[StepRecord], path, scale: int = 4, frame_ms: int = 15
 
     frames = []
     for r in records:
+        if isinstance(r, FillFrame):  # an autoregressive model: one row, the image as written so far
+            label = f"token {r.step}/{r.calls}"
+            frames.append(Image.fromarray(label_rows(upscale(grid(r.images, nrow=len(r.images)), scale), [label])))
+            continue
         x_t, x0 = (r.x_t, r.x0) if decode is None else (decode(r.x_t), decode(r.x0))
         tiles = grid(torch.cat([x_t[:, :3], x0[:, :3]]), nrow=len(r.x_t))  # (2 rows, n columns) of images
         # the step number in the label also keeps Pillow from merging two look-alike frames into one
@@ -269,9 +334,15 @@ def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(prog="python -m course_lib.generate",
                                      description="Generate images from a text prompt with a text-to-image checkpoint.")
     parser.add_argument("prompt", help='e.g. "a small blue star at the top"; "" = unconditional samples')
-    parser.add_argument("--steps", type=int, default=20, help="sampler steps (default 20)")
-    parser.add_argument("--guidance-scale", type=float, default=5.0, help="CFG scale: 1 = none, 0 = ignore prompt")
-    parser.add_argument("--sampler", default="ddim", help=f"one of {', '.join(samplers.SAMPLERS)} (default ddim)")
+    parser.add_argument("--steps", type=int, default=None, help="sampler steps (default 20; diffusion models only)")
+    parser.add_argument("--guidance-scale", type=float, default=None,
+                        help="CFG scale: 1 = none, 0 = ignore prompt (default 5; 2 for autoregressive models)")
+    parser.add_argument("--sampler", default=None, help=f"one of {', '.join(samplers.SAMPLERS)} (default ddim; "
+                                                        f"diffusion models only)")
+    parser.add_argument("--temperature", type=float, default=None,
+                        help="autoregressive models only: softmax temperature (default 1; 0 = likeliest token)")
+    parser.add_argument("--top-k", type=int, default=None,
+                        help="autoregressive models only: sample among the k likeliest tokens (default all)")
     parser.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
     parser.add_argument("-n", type=int, default=4, help=f"number of images (default 4); more than {GRID_MAX} need "
                                                         f"a directory: -o DIR/")
@@ -296,7 +367,7 @@ def main(argv: list[str] | None = None) -> None:
     if args.scale < 1:
         parser.error(f"--scale must be an int >= 1, got {args.scale}")
     settings = dict(steps=args.steps, guidance_scale=args.guidance_scale, sampler=args.sampler, seed=args.seed,
-                    first=args.first)
+                    first=args.first, temperature=args.temperature, top_k=args.top_k)
     options = dict(n=args.n, batch_size=args.batch_size, model=args.model, device=args.device,
                    directory=args.checkpoint_dir)
     try:
@@ -310,7 +381,14 @@ def main(argv: list[str] | None = None) -> None:
         parser.error(str(e))  # one line and exit status 2, not a traceback
     if into_directory:
         p = load_checkpoint(args.model, args.device, args.checkpoint_dir)  # cached: the one generate_batches used
-        record = {"prompt": args.prompt, **settings, "count": count, "model": args.model,
+        given = lambda value, default: default if value is None else value  # noqa: E731
+        if p.meta.get("kind") == "ar":  # the settings this run used, defaults filled in
+            used = {**settings, "temperature": given(args.temperature, 1.0),
+                    "guidance_scale": given(args.guidance_scale, DEFAULT_GUIDANCE["autoregressive"])}
+        else:
+            used = {**settings, "steps": given(args.steps, 20), "sampler": given(args.sampler, "ddim"),
+                    "guidance_scale": given(args.guidance_scale, DEFAULT_GUIDANCE["diffusion"])}
+        record = {"prompt": args.prompt, **used, "count": count, "model": args.model,
                   "checkpoint_dir": args.checkpoint_dir, "device": str(course_lib.device_of(p.model)),
                   "batch_size": args.batch_size or default_batch_size(p, course_lib.device_of(p.model)),
                   "scale": args.scale,

@@ -14,6 +14,8 @@ checkpoints, devices) belongs to the loop.
     ClassifierLoss   cross-entropy per attribute    batch: (images, class indices (B, 5))
     ContrastiveLoss  CLIP's symmetric InfoNCE       batch: (images, tokens (B, L))
     ConsistencyDistillationLoss  LCM, Luo et al. 2023     batch: (x0, cond tokens (B, L, D), cond mask (B, L))
+    TokenLoss        next-token cross-entropy       batch: (tokens (B, N), cond tokens (B, L, D), cond mask (B, L))
+    VQLoss           VQ-VAE: L1 + codebook + beta * commitment                 batch: images (B, 3, H, W)
 """
 from __future__ import annotations
 
@@ -79,6 +81,52 @@ class EpsilonLoss:
                 raise ValueError("cond_drop_prob > 0 needs captions: train on (x0, tokens, mask) from a text encoder")
             cond, cond_mask = drop_captions(cond, cond_mask, self.cond_drop_prob, generator, self.empty_cond)
         return diffusion_loss(model, self.schedule, x0, generator=generator, cond=cond, cond_mask=cond_mask)
+
+
+#################################################################################
+#           Autoregression: predict the next token (Image GPT, DALL-E 1)        #
+#################################################################################
+
+def next_token_loss(model, tokens, cond=None, cond_mask=None) -> torch.Tensor:
+    """-log p(token_i | tokens before i, caption), averaged over every position i of every sequence (nats)."""
+    logits = model(tokens, cond, cond_mask)  # (B, N, V): position i sees tokens < i only (teacher forcing)
+    return F.cross_entropy(logits.flatten(0, 1).float(), tokens.flatten())  # (B * N, V) against (B * N,)
+
+
+@dataclass
+class TokenLoss:
+    """Train an autoregressive transformer (models.ar); captions are dropped as for diffusion, for CFG on logits."""
+
+    cond_drop_prob: float = 0.0  # probability of replacing a caption by the empty prompt (for CFG); 0 = never
+    empty_cond: tuple | None = field(default=None, repr=False)  # (tokens (L, D), mask (L,)) of ""; see drop_captions
+
+    def __post_init__(self):
+        if not 0.0 <= self.cond_drop_prob < 1.0:
+            raise ValueError(f"cond_drop_prob must be in [0, 1), got {self.cond_drop_prob}")
+
+    def __call__(self, model, batch, generator) -> torch.Tensor:
+        if not isinstance(batch, (tuple, list)) or len(batch) != 3:
+            raise ValueError("an autoregressive model's batch is (tokens (B, N), cond tokens, cond mask)")
+        tokens, cond, cond_mask = batch
+        if self.cond_drop_prob > 0:
+            cond, cond_mask = drop_captions(cond, cond_mask, self.cond_drop_prob, generator, self.empty_cond)
+        return next_token_loss(model, tokens, cond, cond_mask)
+
+
+@dataclass
+class VQLoss:
+    """Train a VQ tokenizer (models.vq; van den Oord et al. 2017, eq. 3): L1 reconstruction through the nearest
+    codes (straight-through gradient), pull the codes to the encoder's outputs, and the outputs to their codes."""
+
+    beta: float = 0.25  # commitment weight (the paper's 0.25)
+
+    def __call__(self, model, images, generator) -> dict[str, torch.Tensor]:
+        recon, z, z_q = model(images)  # z_q: the chosen codes, without the straight-through trick
+        reconstruction = (recon.float() - images.float()).abs().mean()
+        codebook = F.mse_loss(z_q.float(), z.detach().float())
+        commitment = F.mse_loss(z.float(), z_q.detach().float())
+        return {"loss": reconstruction + codebook + self.beta * commitment, "reconstruction": reconstruction,
+                "codebook": codebook, "commitment": commitment}
 
 
 #################################################################################

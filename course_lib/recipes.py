@@ -15,7 +15,8 @@ import torch
 from course_lib import models
 from course_lib.data import DataSpec
 from course_lib.floors import Floor
-from course_lib.tasks import Autoencoding, Classification, ConsistencyDistillation, Contrastive, Denoising
+from course_lib.tasks import Autoencoding, Autoregression, Classification, ConsistencyDistillation, Contrastive, \
+    Denoising, Tokenizing
 from course_lib.training import TrainConfig
 
 
@@ -26,8 +27,8 @@ class Recipe:
     name: str  # checkpoint name, e.g. "shapes32-unet"
     model: str  # factory in course_lib.models.FACTORIES, e.g. "unet_small"
     data: DataSpec  # training data
-    task: Denoising | Autoencoding | Classification | Contrastive  # objective + what the JSON records (Denoising
-    #                                                                 includes its subclass ConsistencyDistillation)
+    # objective + what the JSON records (Denoising includes its subclass ConsistencyDistillation)
+    task: Denoising | Autoencoding | Classification | Contrastive | Autoregression | Tokenizing
     train: TrainConfig  # optimisation hyper-parameters
     description: str = ""  # one line for humans
     model_kwargs: dict = field(default_factory=dict)  # overrides passed to the model factory
@@ -143,6 +144,52 @@ RECIPES: dict[str, Recipe] = {
             description="text-to-image latent diffusion: 8x8x4 latents of shapes64-vae, decoded to 64x64",
             # floor: shipped 0.69 (0.94 and 0.91 with seeds 8 and 9: 16 images are a small sample), noise weights 0
             floor=Floor("prompt_accuracy", 0.45, dict(prompts=8, per_prompt=2, steps=20, guidance_scale=5, seed=7)),
+        ),
+        Recipe(
+            name="shapes32-ar",
+            model="pixel_ar",
+            # the palette: every distinct colour of the training renders (lossless; the JSON reports the error on
+            # fresh renders); palette_from must be the recipe's data (the task checks)
+            model_kwargs={"palette_from": DataSpec("shapes", n=20000, seed=0, size=32, hold_out=True)},
+            data=DataSpec("shapes", n=20000, seed=0, size=32, hold_out=True),
+            task=Autoregression(),
+            # Image GPT at toy size: 1024 pixel tokens per image, so attention dominates the work (~1.6 GFLOPs per
+            # image per forward pass). CPU-sized (14 min on 2 cores; --time-budget 1200 picked 1200 steps); the
+            # JSON and data/ar_vs_diffusion.json give its training FLOPs beside shapes32-t2i's.
+            train=TrainConfig(steps=1200, batch_size=16, lr=2e-3, weight_decay=0.0, warmup=50, lr_schedule="cosine",
+                              ema_decay=None, grad_clip=1.0, seed=0, ckpt_every=200, log_every=10),
+            description="text-to-image pixel transformer: 32x32 images as 1024 palette tokens in raster order",
+            # floor: colour, as its shapes (and so whole prompts) are mostly wrong (chapter 8): shipped 1.0, noise
+            # weights 0.19
+            floor=Floor("color_accuracy", 0.6, dict(prompts=8, per_prompt=2, guidance_scale=2, seed=7)),
+        ),
+        Recipe(
+            name="shapes-vq",
+            model="vq_f4",
+            # 1024 codes: a 4x4 patch must say its background, its colour and the edge through it (256 codes kept
+            # the colours but blurred every shape into a blob: PSNR 24.7 dB after 800 steps)
+            model_kwargs={"codebook_size": 1024},
+            data=DataSpec("shapes", n=20000, seed=0, size=32),
+            task=Tokenizing(),
+            # CPU-sized (~15 min on 2 cores).
+            train=TrainConfig(steps=1500, batch_size=64, lr=1e-3, weight_decay=0.0, warmup=50, lr_schedule="cosine",
+                              ema_decay=None, grad_clip=1.0, seed=0, ckpt_every=500, log_every=10),
+            description="VQ tokenizer: 32x32 images -> 8x8 codes out of 1024 (f=4), for shapes32-ar-tokens",
+            floor=Floor("psnr_db", 26.0, dict(n=64, size=32, seed=7)),  # shipped 30.0 dB, noise weights 7.4
+        ),
+        Recipe(
+            name="shapes32-ar-tokens",
+            model="token_ar",
+            model_kwargs={"vocab_size": 1024},  # shapes-vq's codebook
+            data=DataSpec("shapes", n=20000, seed=0, size=32, hold_out=True),
+            task=Autoregression(tokenizer="shapes-vq"),
+            # DALL-E 1 at toy size: 64 tokens per image, 16x fewer sequential steps than the pixel model. 3334 steps
+            # give it shapes32-ar's training FLOPs (92.6 TFLOPs: 3 x 0.1447 GFLOPs x 3334 x 64); CPU-sized.
+            train=TrainConfig(steps=3334, batch_size=64, lr=1e-3, weight_decay=0.0, warmup=50, lr_schedule="cosine",
+                              ema_decay=None, grad_clip=1.0, seed=0, ckpt_every=500, log_every=10),
+            description="text-to-image token transformer over shapes-vq's 8x8 codes (64 tokens in raster order)",
+            # floor: shipped 0.81, noise weights 0
+            floor=Floor("prompt_accuracy", 0.5, dict(prompts=8, per_prompt=2, guidance_scale=2, seed=7)),
         ),
         Recipe(
             name="toy2d-mlp",

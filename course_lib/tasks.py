@@ -9,6 +9,8 @@ and what its preview PNG shows (`preview`). The training itself is always course
     Classification  the shapes attribute classifier behind course_lib.metrics               ClassifierLoss
     Contrastive     the CLIP whose text tower conditions the text-to-image models           ContrastiveLoss
     ConsistencyDistillation  a few-step LCM student of a text-to-image teacher     ConsistencyDistillationLoss
+    Autoregression  next-token prediction over pixel tokens or VQ codes, caption-conditioned  TokenLoss
+    Tokenizing      the VQ tokenizer whose codes the token transformer writes                 VQLoss
 """
 from __future__ import annotations
 
@@ -26,10 +28,16 @@ from course_lib.data import DataSpec, ShapesDataset, attribute_indices
 from course_lib.guidance import GuidedModel
 from course_lib.images import grid, png_bytes
 from course_lib.latent import decode_latents, encode_latents, measure_scaling_factor, reconstruct
-from course_lib.losses import ClassifierLoss, ConsistencyDistillationLoss, ContrastiveLoss, EpsilonLoss, VAELoss
+from course_lib.autoregressive import sample_tokens
+from course_lib.losses import ClassifierLoss, ConsistencyDistillationLoss, ContrastiveLoss, EpsilonLoss, TokenLoss, \
+    VAELoss, VQLoss
 from course_lib.metrics import classifier_accuracy, psnr, retrieval_top1, zero_shot_accuracy
+from course_lib.metrics.flops import count_flops
+from course_lib.models import VQModel
+from course_lib.models.ar import palette_of
 from course_lib.samplers import get_sampler, make_timesteps
 from course_lib.schedules import NoiseSchedule
+from course_lib.tokens import ImageTokenizer
 
 
 @dataclass
@@ -150,6 +158,97 @@ def _scatter_png(samples: torch.Tensor, reference: torch.Tensor) -> bytes:
     fig.savefig(buffer, format="png")
     plt.close(fig)
     return buffer.getvalue()
+
+
+#################################################################################
+#          Autoregression: the pixel and token transformers of chapter 8         #
+#################################################################################
+
+@dataclass
+class Autoregression:
+    """Next-token prediction (Image GPT; DALL-E 1 over VQ codes): the images become token sequences once, captions
+    become CLIP token embeddings once, and the transformer learns p(token_i | tokens before i, caption)."""
+
+    tokenizer: str | None = None  # a VQ checkpoint whose codes are the tokens; None: pixels through the data's palette
+    text_encoder: str = "shapes-clip"  # CLIP checkpoint whose frozen token embeddings condition the model
+    cond_drop_prob: float = 0.1  # caption dropout, for classifier-free guidance on the logits
+    guidance_scale: float = 3.0  # the preview's CFG scale
+    temperature: float = 1.0  # the preview's sampling temperature
+
+    def prepare(self, data: DataSpec, device) -> Prepared:
+        images = data.load()  # (N, 3, H, W)
+        if self.tokenizer is None:
+            tokenizer = ImageTokenizer.from_palette(palette_of(images), data.size)
+        else:
+            tokenizer = ImageTokenizer.from_vq(pretrained.load_model(self.tokenizer, VQModel, device))
+        tokens = tokenizer.encode(images)  # (N, grid * grid)
+        encoder = pretrained.load_text_encoder(self.text_encoder, device=device)
+        cond, mask = encoder(data.shapes().captions())  # (N, L, D), (N, L)
+        empty_tokens, empty_mask = encoder("")
+        loss_fn = TokenLoss(self.cond_drop_prob, (empty_tokens[0], empty_mask[0]))
+        return Prepared(TensorBatches(tokens, cond, mask), loss_fn,
+                        {"tokenizer": tokenizer, "encoder": encoder, "images": images})
+
+    def record(self, model, data: DataSpec, prepared: Prepared) -> dict:
+        tokenizer, encoder = prepared.context["tokenizer"], prepared.context["encoder"]
+        if tokenizer.kind == "pixels" and tuple(model.config.palette) != palette_of(prepared.context["images"]):
+            raise ValueError("the model's palette is not its training data's: build it with palette_from=<the data>")
+        if self.tokenizer is not None:
+            codebook = pretrained.load_model(self.tokenizer, VQModel, "cpu").config.codebook_size
+            if model.config.vocab_size != codebook:
+                raise ValueError(f"the transformer's vocab_size {model.config.vocab_size} must be {self.tokenizer}'s "
+                                 f"codebook_size {codebook}")
+        fresh = ShapesDataset(size=data.size, n=256, seed=999).images()
+        error = (tokenizer.decode(tokenizer.encode(fresh)) - fresh).abs().max().item() * 127.5  # in 0..255 steps
+        cond, mask = encoder("a red circle")
+        tokens = torch.zeros(1, model.config.seq_len, dtype=torch.long, device=device_of(model))
+        forward = count_flops(lambda: model(tokens, cond, mask)) / 1e9
+        return {"text_encoder": self.text_encoder, "tokenizer": self.tokenizer,
+                "metrics": {"vocab_size": model.config.vocab_size, "sequence_length": model.config.seq_len,
+                            "tokenizer_max_error_0_255": round(error, 2),
+                            "tokenizer_eval": "256 fresh renders, seed 999: largest channel error, encoded + decoded",
+                            "forward_gflops_per_image": round(forward, 4)}}
+
+    @torch.no_grad()
+    def preview(self, model, data: DataSpec, prepared: Prepared, n: int = 16, seed: int = 0) -> bytes:
+        """n samples with CFG on fresh captions (seed 1)."""
+        encoder = prepared.context["encoder"]
+        prompts = dataclasses.replace(data, n=n, seed=1, hold_out=False).shapes().captions()
+        tokens = sample_tokens(model.eval(), n, cond=encoder(prompts)[0], cond_mask=encoder(prompts)[1],
+                               uncond=encoder("")[0], uncond_mask=encoder("")[1], guidance_scale=self.guidance_scale,
+                               temperature=self.temperature, generator=torch.Generator().manual_seed(seed))
+        return _grid_png(prepared.context["tokenizer"].decode(tokens.cpu()), nrow=int(np.ceil(np.sqrt(n))), scale=4)
+
+
+@dataclass
+class Tokenizing:
+    """A VQ tokenizer (van den Oord et al. 2017): reconstruction through the nearest codes; PSNR and codebook use."""
+
+    beta: float = 0.25  # commitment weight
+    eval_n: int = 512  # fresh renders (seed eval_seed) for the metrics in the JSON
+    eval_seed: int = 999
+
+    def prepare(self, data: DataSpec, device) -> Prepared:
+        return Prepared(TensorBatches(data.load()), VQLoss(self.beta))
+
+    @torch.no_grad()
+    def record(self, model, data: DataSpec, prepared: Prepared) -> dict:
+        images = ShapesDataset(size=data.size, n=self.eval_n, seed=self.eval_seed).images()
+        tokenizer = ImageTokenizer.from_vq(model.eval())
+        codes = tokenizer.encode(images)
+        counts = torch.bincount(codes.flatten(), minlength=model.config.codebook_size).float()
+        p = counts / counts.sum()
+        perplexity = torch.exp(-(p[p > 0] * p[p > 0].log()).sum()).item()
+        return {"metrics": {"psnr_db": round(psnr(tokenizer.decode(codes), images), 2),
+                            "codes_used": int((counts > 0).sum()), "code_perplexity": round(perplexity, 1),
+                            "tokens_per_image": codes.shape[1],
+                            "eval": f"{self.eval_n} fresh renders, seed {self.eval_seed}"}}
+
+    def preview(self, model, data: DataSpec, prepared: Prepared) -> bytes:
+        """Two rows: 8 fresh renders, and their reconstructions through the codes."""
+        images = ShapesDataset(size=data.size, n=8, seed=self.eval_seed).images()
+        tokenizer = ImageTokenizer.from_vq(model.eval())
+        return _grid_png(torch.cat([images, tokenizer.decode(tokenizer.encode(images))]), nrow=8, scale=4)
 
 
 #################################################################################

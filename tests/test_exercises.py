@@ -242,3 +242,32 @@ def test_dit_checks_accept_the_right_answers_and_reject_typical_mistakes():
             check_dit_gflops(wrong, 12, 768, 32, 2)
     with pytest.raises(AssertionError, match="expected a number"):
         check_dit_gflops("12", 12, 768, 32, 4)
+
+
+# ----- chapter 8 --------------------------------------------------------------------------------------------------
+def test_causal_mask_check_accepts_the_answer_and_catches_the_usual_mistakes():
+    from course_lib.exercises_ar import check_causal_mask
+
+    check_causal_mask(lambda n: torch.ones(n, n, dtype=torch.bool).tril())
+    with pytest.raises(AssertionError, match="tril, not triu"):
+        check_causal_mask(lambda n: torch.ones(n, n, dtype=torch.bool).triu())
+    with pytest.raises(AssertionError, match="diagonal"):
+        check_causal_mask(lambda n: torch.ones(n, n, dtype=torch.bool).tril(-1))
+    with pytest.raises(AssertionError, match="bool"):
+        check_causal_mask(lambda n: torch.ones(n, n).tril())
+    with pytest.raises(AssertionError, match="0..i"):
+        check_causal_mask(lambda n: torch.ones(n, n, dtype=torch.bool))
+
+
+def test_sequential_calls_check_catches_counting_guidance_twice():
+    from course_lib.exercises_ar import check_sequential_calls
+
+    right = {"pixel AR, 32x32": 1024, "token AR, 8x8 codes": 64, "diffusion, 20 steps": 20,
+             "diffusion, 20 steps with CFG": 20}
+    check_sequential_calls(right)
+    with pytest.raises(AssertionError, match="batch of 2"):
+        check_sequential_calls({**right, "diffusion, 20 steps with CFG": 40})
+    with pytest.raises(AssertionError, match="per pixel"):
+        check_sequential_calls({**right, "pixel AR, 32x32": 32})
+    with pytest.raises(AssertionError, match="missing"):
+        check_sequential_calls({"pixel AR, 32x32": 1024})

@@ -19,7 +19,8 @@ def stated_floor(name: str) -> floors.Floor:
 
 def test_every_shipped_checkpoint_states_its_recipes_floor():
     assert set(SHIPPED) == {"shapes32-unet", "shapes32-t2i", "shapes32-lcm", "shapes64-t2i", "shapes64-latent-t2i",
-                            "shapes64-latent-dit", "shapes64-vae", "shapes-classifier", "shapes-clip"}
+                            "shapes64-latent-dit", "shapes64-vae", "shapes-classifier", "shapes-clip", "shapes32-ar",
+                            "shapes-vq", "shapes32-ar-tokens"}
     for name in SHIPPED:
         assert stated_floor(name) == RECIPES[name].floor, name
 

@@ -3,8 +3,11 @@
 sweeps   cfg_sweep (chapter 3), steps_sweep (chapter 2), pixel_vs_latent and kl_sweep (chapter 4)
 samplers samplers_sweep (chapter 7): quality against model calls for every sampler, and its summary
 scaling  scaling_sweep (chapter 6): DiTs and U-Nets trained at equal compute, measured along their curves; the fit
-cli      `python -m course_lib.evaluation {cfg,steps,samplers,pixel-vs-latent,kl,scaling,floors}`: the sweeps at full
-         size; samplers, pixel-vs-latent, kl and scaling write the JSON files in data/ that the notebooks read; floors
+ar_vs_diffusion  ar_vs_diffusion (chapter 8): autoregressive (pixels, VQ codes) against diffusion: cost, quality,
+         and the raster-order claim tested three ways
+cli      `python -m course_lib.evaluation {cfg,steps,samplers,pixel-vs-latent,kl,scaling,ar-vs-diffusion,floors}`:
+         the sweeps at full size; all but cfg, steps and floors write the JSON files in data/ that the notebooks
+         read; floors
          measures every shipped checkpoint against its quality floor (course_lib.floors)
 
 The numbers themselves, and the prompts they test on, come from course_lib.metrics; the timings from
@@ -13,12 +16,13 @@ course_lib.bench.
 from course_lib.metrics.prompts import (DEFAULT_TEMPLATE, EVAL_SEED, REFERENCE_SEED, TRAINING_SEED, Prompt,
                                        fresh_prompts, held_out_prompts, make_prompt, reference_renders)
 
-from .cli import KL_SWEEP_PATH, PIXEL_VS_LATENT_PATH, SAMPLERS_PATH, SCALING_PATH, main
+from .ar_vs_diffusion import ar_vs_diffusion
+from .cli import AR_PATH, KL_SWEEP_PATH, PIXEL_VS_LATENT_PATH, SAMPLERS_PATH, SCALING_PATH, main
 from .samplers import SAMPLER_NFES, samplers_sweep, summarize
 from .sweeps import (CFG_SCALES, PIXEL_VS_LATENT_MODELS, UNCONDITIONAL_MODEL, Sweep, cfg_sweep, kl_sweep,
                      pixel_vs_latent, score, steps_sweep)
 
-__all__ = ["KL_SWEEP_PATH", "PIXEL_VS_LATENT_PATH", "SAMPLERS_PATH", "SCALING_PATH", "SAMPLER_NFES", "samplers_sweep",
+__all__ = ["AR_PATH", "ar_vs_diffusion", "KL_SWEEP_PATH", "PIXEL_VS_LATENT_PATH", "SAMPLERS_PATH", "SCALING_PATH", "SAMPLER_NFES", "samplers_sweep",
            "summarize",
            "main", "DEFAULT_TEMPLATE", "EVAL_SEED", "REFERENCE_SEED",
            "TRAINING_SEED", "Prompt", "fresh_prompts", "held_out_prompts", "make_prompt", "reference_renders",

@@ -1,9 +1,11 @@
-"""`python -m course_lib.evaluation {cfg,steps,samplers,pixel-vs-latent,kl,scaling,floors}`: run a sweep, print its
-table.
+"""`python -m course_lib.evaluation {cfg,steps,samplers,pixel-vs-latent,kl,scaling,ar-vs-diffusion,floors}`: run a
+sweep, print its table.
 
 samplers, pixel-vs-latent and kl also write the JSON the notebooks read (data/samplers_vs_nfe.json,
 data/pixel_vs_latent.json, data/vae_kl_sweep.json); scaling trains chapter 6's DiTs and U-Nets, writes
 data/dit_scaling.json and ships the best DiT (shapes64-latent-dit);
+ar-vs-diffusion measures chapter 8 (autoregressive vs diffusion: cost, quality, ordering) into
+data/ar_vs_diffusion.json and records each model's training FLOPs in its checkpoint's JSON;
 floors measures every shipped checkpoint against the quality floor of its recipe (--write records it in its JSON).
 """
 from __future__ import annotations
@@ -23,6 +25,7 @@ from course_lib.recipes import RECIPES
 
 from course_lib.samplers import SAMPLERS
 
+from .ar_vs_diffusion import ar_vs_diffusion
 from .scaling import scaling_sweep
 from .samplers import LCM_MODEL, SAMPLER_NFES, SWEEP_SAMPLERS, WITHIN, samplers_sweep, summarize
 from .sweeps import CFG_SCALES, UNCONDITIONAL_MODEL, cfg_sweep, kl_sweep, pixel_vs_latent, steps_sweep
@@ -31,6 +34,7 @@ PIXEL_VS_LATENT_PATH = CHECKPOINT_DIR.parent / "pixel_vs_latent.json"  # chapter
 KL_SWEEP_PATH = CHECKPOINT_DIR.parent / "vae_kl_sweep.json"  # chapter 4's KL-weight table
 SAMPLERS_PATH = CHECKPOINT_DIR.parent / "samplers_vs_nfe.json"  # chapter 7's table
 SCALING_PATH = CHECKPOINT_DIR.parent / "dit_scaling.json"  # chapter 6's curves and fit
+AR_PATH = CHECKPOINT_DIR.parent / "ar_vs_diffusion.json"  # chapter 8's tables
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -77,6 +81,10 @@ def _parser() -> argparse.ArgumentParser:
     pvl.add_argument("--guidance-scale", type=float, default=5.0, help="CFG scale for both models (default 5)")
     pvl.add_argument("--steps", type=int, default=20, help="DDIM steps (default 20)")
     pvl.add_argument("-o", "--output", default=str(PIXEL_VS_LATENT_PATH), help="JSON to write")
+    ar = sub.add_parser("ar-vs-diffusion", help="chapter 8: pixel / token autoregression vs diffusion (CPU)")
+    ar.add_argument("--prompts", type=int, default=16, help="fresh prompts for the quality rows (default 16)")
+    ar.add_argument("--per-prompt", type=int, default=4, help="images per prompt (default 4)")
+    ar.add_argument("-o", "--output", default=str(AR_PATH), help="JSON to write")
     kl = sub.add_parser("kl", help="train one VAE per KL weight; PSNR / KL / latent std (chapter 4)")
     kl.add_argument("--kl-weights", type=float, nargs="+", default=[0.0, 1e-6, 1e-4, 1e-2])
     kl.add_argument("--steps", type=int, default=2000)
@@ -159,6 +167,20 @@ def _pixel_vs_latent(args, parser) -> dict:
                        f"{args.per_prompt} --guidance-scale {args.guidance_scale:g} --steps {args.steps}"}
 
 
+def _ar_vs_diffusion(args, parser) -> dict:
+    if min(args.prompts, args.per_prompt) < 1:
+        parser.error("--prompts and --per-prompt must be >= 1")
+    torch.manual_seed(0)
+    record = ar_vs_diffusion(args.prompts, args.per_prompt)
+    for key in ("cost", "quality"):
+        for row in record[key]:
+            print(row)
+    for key in ("completion", "early_wrong_token", "by_position"):
+        for row in record[key]["rows"]:
+            print(key, row)
+    return record
+
+
 def _kl(args, parser) -> dict:
     if args.steps < 1 or args.batch_size < 1:
         parser.error("--steps and --batch-size must be >= 1")
@@ -225,7 +247,8 @@ def main(argv: list[str] | None = None) -> None:
         elif args.command == "scaling":
             _scaling(args, parser)
         else:
-            write = {"samplers": _samplers, "pixel-vs-latent": _pixel_vs_latent, "kl": _kl}[args.command]
+            write = {"samplers": _samplers, "pixel-vs-latent": _pixel_vs_latent, "kl": _kl,
+                     "ar-vs-diffusion": _ar_vs_diffusion}[args.command]
             record = write(args, parser)
             Path(args.output).write_text(json.dumps(record, indent=2) + "\n")
             print(f"wrote {args.output}")

@@ -11,16 +11,19 @@ import dataclasses
 
 import torch.nn as nn
 
+from .ar import ARConfig, ARTransformer, pixel_ar, token_ar
 from .classifier import ClassifierConfig, ShapesClassifier, shapes_classifier
 from .dit import DiT, DiTConfig, dit
 from .layers import timestep_embedding
 from .mlp import MLPConfig, MLPDenoiser, mlp_2d
 from .unet import UNet, UNetConfig, unet_latent_cond, unet_small, unet_small_cond, unet_tiny
 from .vae import VAE, VAEConfig, vae_f8
+from .vq import VQConfig, VQModel, vq_f4
 
 # Model classes by `kind`, the name checkpoints store next to the config dict. ("open_clip", the CLIP, is built
 # by build_model too; it is not listed here because importing open_clip takes seconds and few users need it.)
-MODELS = {"unet": UNet, "dit": DiT, "mlp": MLPDenoiser, "classifier": ShapesClassifier, "vae": VAE}
+MODELS = {"unet": UNet, "dit": DiT, "mlp": MLPDenoiser, "classifier": ShapesClassifier, "vae": VAE,
+          "ar": ARTransformer, "vq": VQModel}
 KINDS = (*MODELS, "open_clip")
 
 
@@ -34,7 +37,8 @@ def shapes_clip(**overrides) -> nn.Module:
 # Preset factories by name, used by training recipes.
 FACTORIES = {"unet_tiny": unet_tiny, "unet_small": unet_small, "unet_small_cond": unet_small_cond,
              "unet_latent_cond": unet_latent_cond, "mlp_2d": mlp_2d, "shapes_classifier": shapes_classifier,
-             "vae_f8": vae_f8, "shapes_clip": shapes_clip, "dit": dit}
+             "vae_f8": vae_f8, "shapes_clip": shapes_clip, "dit": dit,
+             "pixel_ar": pixel_ar, "token_ar": token_ar, "vq_f4": vq_f4}
 
 
 def build_model(kind: str, config: dict) -> nn.Module:
@@ -56,4 +60,5 @@ def build_model(kind: str, config: dict) -> nn.Module:
 __all__ = ["MODELS", "KINDS", "FACTORIES", "build_model", "UNet", "UNetConfig", "DiT", "DiTConfig", "dit",
            "MLPDenoiser", "MLPConfig",
            "timestep_embedding", "unet_tiny", "unet_small", "unet_small_cond", "unet_latent_cond", "mlp_2d",
-           "ShapesClassifier", "ClassifierConfig", "shapes_classifier", "VAE", "VAEConfig", "vae_f8", "shapes_clip"]
+           "ShapesClassifier", "ClassifierConfig", "shapes_classifier", "VAE", "VAEConfig", "vae_f8", "shapes_clip",
+           "ARConfig", "ARTransformer", "pixel_ar", "token_ar", "VQConfig", "VQModel", "vq_f4"]
