@@ -8,6 +8,7 @@ code path and the same loop.
 """
 from __future__ import annotations
 
+import inspect
 from dataclasses import dataclass, field
 
 import torch
@@ -36,8 +37,12 @@ class Recipe:
     floor: Floor | None = None  # what the checkpoint must still do; measured after training, and by the tests
 
     def build_model(self) -> torch.nn.Module:
-        """A freshly initialised model of this recipe's preset."""
-        return models.FACTORIES[self.model](**self.model_kwargs)
+        """A freshly initialised model of this recipe's preset. A preset whose vocabulary comes from the data (the
+        pixel transformer's palette: `palette_from`) gets this recipe's data, the same images its task tokenises."""
+        factory, kwargs = models.FACTORIES[self.model], dict(self.model_kwargs)
+        if "palette_from" in inspect.signature(factory).parameters:
+            kwargs.setdefault("palette_from", self.data)
+        return factory(**kwargs)
 
 
 # Shared by the GPU-sized diffusion recipes: AdamW 3e-4, cosine decay, EMA 0.999, gradient clipping at 1, a
@@ -148,9 +153,8 @@ RECIPES: dict[str, Recipe] = {
         Recipe(
             name="shapes32-ar",
             model="pixel_ar",
-            # the palette: every distinct colour of the training renders (lossless; the JSON reports the error on
-            # fresh renders); palette_from must be the recipe's data (the task checks)
-            model_kwargs={"palette_from": DataSpec("shapes", n=20000, seed=0, size=32, hold_out=True)},
+            # the palette: every distinct colour of the training renders (build_model passes the data; lossless, the
+            # JSON reports the error on fresh renders)
             data=DataSpec("shapes", n=20000, seed=0, size=32, hold_out=True),
             task=Autoregression(),
             # Image GPT at toy size: 1024 pixel tokens per image, so attention dominates the work (~1.6 GFLOPs per

@@ -192,7 +192,8 @@ class Autoregression:
     def record(self, model, data: DataSpec, prepared: Prepared) -> dict:
         tokenizer, encoder = prepared.context["tokenizer"], prepared.context["encoder"]
         if tokenizer.kind == "pixels" and tuple(model.config.palette) != palette_of(prepared.context["images"]):
-            raise ValueError("the model's palette is not its training data's: build it with palette_from=<the data>")
+            raise ValueError("the model's palette is not its training data's, so its token values mean other "
+                             "colours: build it with palette_from=<the data> (Recipe.build_model does)")
         if self.tokenizer is not None:
             codebook = pretrained.load_model(self.tokenizer, VQModel, "cpu").config.codebook_size
             if model.config.vocab_size != codebook:

@@ -51,3 +51,9 @@ def test_the_shipped_measurements_cover_every_method_and_match_the_checkpoints()
     assert {r["position"] for r in record["by_position"]["rows"]} == {"left", "right", "top", "bottom", "center"}
     assert len(record["early_wrong_token"]["rows"]) == 8
     assert torch.get_num_threads() >= 1 and record["command"].startswith("python -m course_lib.evaluation ar-vs-")
+
+
+def test_the_shipped_palette_is_lossless_on_fresh_renders():
+    meta = json.loads((pretrained.CHECKPOINT_DIR / "shapes32-ar.json").read_text())
+    assert meta["metrics"]["tokenizer_max_error_0_255"] <= 0.5  # only the rounding to 0..255
+    assert meta["metrics"]["vocab_size"] == len(meta["config"]["palette"]) < 256

@@ -160,7 +160,7 @@ def test_build_model_round_trips_through_json(model):
 
 
 def test_build_model_errors_name_valid_kinds_and_fields():
-    with pytest.raises(ValueError, match=r"valid kinds: \['classifier', 'dit', 'mlp', 'open_clip', 'unet', 'vae'\]"):
+    with pytest.raises(ValueError, match=r"valid kinds: \['ar', 'classifier', 'dit', 'mlp', 'open_clip', 'unet', 'vae', 'vq'\]"):
         build_model("transformer", {})
     with pytest.raises(ValueError, match="unknown UNetConfig fields \\['width'\\].*base_channels"):
         build_model("unet", {"width": 3})

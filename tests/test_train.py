@@ -21,11 +21,13 @@ from course_lib.losses import EpsilonLoss
 from course_lib.models import unet_tiny
 from course_lib.recipes import RECIPES
 from course_lib.schedules import NoiseSchedule
-from course_lib.tasks import Autoencoding, Classification, ConsistencyDistillation, Contrastive, Denoising
+from course_lib.tasks import Autoencoding, Autoregression, Classification, ConsistencyDistillation, Contrastive, \
+    Denoising, Tokenizing
 from course_lib.training import TrainConfig
 
 SMALLER_TASK = {Denoising: dict(sample_steps=2), ConsistencyDistillation: dict(sample_steps=2),
-                Autoencoding: dict(eval_n=4), Classification: dict(eval_n=8), Contrastive: dict(eval_n=8)}
+                Autoencoding: dict(eval_n=4), Classification: dict(eval_n=8), Contrastive: dict(eval_n=8),
+                Autoregression: dict(), Tokenizing: dict(eval_n=8)}
 
 
 def tiny(name: str, **train) -> "train_mod.Recipe":
@@ -49,7 +51,7 @@ def test_every_recipe_trains_through_run_and_records_its_provenance(name, tmp_pa
     path = train_mod.run(recipe, out=tmp_path, device="cpu", command=f"python -m course_lib.train {name}",
                          progress=False)
     assert path == tmp_path / f"{name}.safetensors" and "saved" in capsys.readouterr().out
-    has_preview = isinstance(recipe.task, (Denoising, Autoencoding))
+    has_preview = isinstance(recipe.task, (Denoising, Autoencoding, Autoregression, Tokenizing))
     expected = {f"{name}.json", f"{name}.safetensors"} | ({f"{name}.png"} if has_preview else set())
     assert {p.name for p in tmp_path.iterdir()} == expected  # the resumable state is removed on success
     meta = json.loads((tmp_path / f"{name}.json").read_text())
@@ -76,6 +78,15 @@ def test_every_recipe_trains_through_run_and_records_its_provenance(name, tmp_pa
         assert metrics["scaling_factor"] == round(loaded.model.config.scaling_factor, 5) > 0
     elif isinstance(recipe.task, Classification):
         assert set(metrics["accuracy"]) == {"shape", "color", "size", "position", "background", "all"}
+    elif isinstance(recipe.task, Autoregression):
+        assert meta["text_encoder"] == "shapes-clip" and meta["tokenizer"] == recipe.task.tokenizer
+        assert metrics["sequence_length"] == loaded.model.config.seq_len and metrics["forward_gflops_per_image"] > 0
+        if recipe.task.tokenizer is None:  # pixels: the palette of these 32 renders (the shipped one is exact)
+            assert 0 <= metrics["tokenizer_max_error_0_255"] <= 255
+            assert metrics["vocab_size"] == len(loaded.model.config.palette)
+    elif isinstance(recipe.task, Tokenizing):
+        assert len(curve["codebook"]) == len(curve["commitment"]) == 2 and metrics["tokens_per_image"] == 64
+        assert 1 <= metrics["codes_used"] <= 1024 and metrics["eval"].startswith("8 ")
     else:
         assert {"zero_shot", "zero_shot_ensemble", "retrieval_top1", "retrieval_top1_same_attributes"} <= set(metrics)
         assert metrics["eval"] == "8 fresh renders, seed 123"
@@ -105,7 +116,7 @@ def test_train_cli_writes_a_loadable_checkpoint_and_preview(tmp_path, capsys):
 
 @pytest.mark.parametrize("args, message", [
     (["no-such-recipe"], "valid recipes: shapes32-unet, shapes32-t2i, shapes32-lcm, shapes64-latent-dit, shapes64-t2i, "
-                         "shapes64-latent-t2i, toy2d-mlp, "
+                         "shapes64-latent-t2i, shapes32-ar, shapes-vq, shapes32-ar-tokens, toy2d-mlp, "
                          "shapes64-vae, shapes-classifier, shapes-clip"),
     (["toy2d-mlp", "--device", "gpu0"], "--device: device 'gpu0' is not a device; use one of 'cpu', 'cuda'"),
     (["toy2d-mlp", "--steps", "0"], "steps must be >= 1, got 0"),
