@@ -66,7 +66,7 @@ class Generation:
 def generate(prompt: str, *, steps: int | None = None, guidance_scale: float | None = None, sampler: str | None = None,
              seed: int = 0, n: int = 4, first: int = 0, batch_size: int | None = None, model="shapes32-t2i",
              device=None, directory=None, callback=None, temperature: float | None = None,
-             top_k: int | None = None) -> Generation:
+             top_k: int | None = None, negative_prompt: str = "") -> Generation:
     """Sample n images for a prompt with classifier-free guidance (Ho & Salimans 2022) and a sampler.
 
     prompt          a caption like "a small blue star at the top". The empty prompt "" is the *unconditional*
@@ -77,6 +77,8 @@ def generate(prompt: str, *, steps: int | None = None, guidance_scale: float | N
                     > 1 = follow the prompt more strongly (fewer kinds of images); default DEFAULT_GUIDANCE (5 for
                     diffusion, 2 for autoregressive models)
     sampler         a name from `samplers.SAMPLERS` ("ddim" by default, "ddpm", ...)
+    negative_prompt what to steer away from: it replaces the empty prompt in classifier-free guidance's
+                    unconditional branch, as in diffusers' pipelines (no effect at guidance_scale 1)
     temperature, top_k  autoregressive models only (shapes32-ar, shapes32-ar-tokens): softmax temperature
                     (default 1; 0 = always the likeliest token) and keep only the k likeliest tokens (default all).
                     They write one token per model call, so steps and sampler do not apply to them (refused).
@@ -98,7 +100,8 @@ def generate(prompt: str, *, steps: int | None = None, guidance_scale: float | N
     """
     batches = list(generate_batches(prompt, steps=steps, guidance_scale=guidance_scale, sampler=sampler, seed=seed,
                                     n=n, first=first, batch_size=batch_size, model=model, device=device,
-                                    directory=directory, callback=callback, temperature=temperature, top_k=top_k))
+                                    directory=directory, callback=callback, temperature=temperature, top_k=top_k,
+                                    negative_prompt=negative_prompt))
     if len(batches) == 1:
         return batches[0]
     try:
@@ -115,7 +118,7 @@ def generate_batches(prompt: str, *, steps: int | None = None, guidance_scale: f
                      sampler: str | None = None,
                      seed: int = 0, n: int = 4, first: int = 0, batch_size: int | None = None, model="shapes32-t2i",
                      device=None, directory=None, callback=None, temperature: float | None = None,
-                     top_k: int | None = None) -> Iterator[Generation]:
+                     top_k: int | None = None, negative_prompt: str = "") -> Iterator[Generation]:
     """`generate`, one batch at a time: yields a Generation of up to batch_size images (its `first` says which).
 
     Same arguments as `generate`. The arguments are checked and the checkpoint loaded when this is called; each
@@ -124,7 +127,9 @@ def generate_batches(prompt: str, *, steps: int | None = None, guidance_scale: f
     _check_arguments(prompt, steps, guidance_scale, sampler, seed, n, first, batch_size)
     from course_lib.models.clip import tokenize  # (open_clip is slow to import: not at import time)
 
-    tokenize(prompt)  # a too-long prompt fails here, before any checkpoint is loaded
+    if not isinstance(negative_prompt, str):
+        raise TypeError(f"negative_prompt must be a str (\"\" = none), got {type(negative_prompt).__name__}")
+    tokenize([prompt, negative_prompt])  # a too-long prompt fails here, before any checkpoint is loaded
     if isinstance(model, Pretrained):
         if device is not None and course_lib.device(device).type != course_lib.device_of(model.model).type:
             raise ValueError(f"device {device!r} differs from where the given model is "
@@ -141,13 +146,13 @@ def generate_batches(prompt: str, *, steps: int | None = None, guidance_scale: f
     if p.meta.get("kind") == "ar":
         guidance_scale = DEFAULT_GUIDANCE["autoregressive"] if guidance_scale is None else guidance_scale
         return _autoregressive_batches(p, encoder, prompt, steps, sampler, guidance_scale, temperature, top_k, seed,
-                                       n, first, batch_size, directory, callback)
+                                       n, first, batch_size, directory, callback, negative_prompt)
     if temperature is not None or top_k is not None:
         raise ValueError(f"temperature and top_k apply to autoregressive models (e.g. model='shapes32-ar'); "
                          f"{p.meta.get('name')!r} is a diffusion model: its randomness is the starting noise (seed)")
     steps, sampler = (20 if steps is None else steps), ("ddim" if sampler is None else sampler)
     guidance_scale = DEFAULT_GUIDANCE["diffusion"] if guidance_scale is None else guidance_scale
-    eps_model = GuidedModel(p.model, *encoder(prompt), *encoder(""), guidance_scale)  # cond (1, L, D), uncond
+    eps_model = GuidedModel(p.model, *encoder(prompt), *encoder(negative_prompt), guidance_scale)  # (1, L, D) each
     decode = latent_decoder(p, device, directory)  # None for a pixel-space model
     batch_size = default_batch_size(p, device) if batch_size is None else int(batch_size)
     shape = sample_shape(p)  # (C, H, W) of one x_T: latents for a latent model
@@ -186,7 +191,8 @@ def generate_batches(prompt: str, *, steps: int | None = None, guidance_scale: f
 
 
 def _autoregressive_batches(p: Pretrained, encoder, prompt, steps, sampler, guidance_scale, temperature, top_k,
-                            seed, n, first, batch_size, directory, callback) -> Iterator[Generation]:
+                            seed, n, first, batch_size, directory, callback,
+                            negative_prompt: str = "") -> Iterator[Generation]:
     """generate_batches for an autoregressive checkpoint: `sample_tokens` writes every token of a batch, image k
     drawing from its own step_noise_generator(seed, k); records are FillFrames, one per scan line of pixels (or
     per code of a token model)."""
@@ -200,7 +206,7 @@ def _autoregressive_batches(p: Pretrained, encoder, prompt, steps, sampler, guid
     tokenizer = tokenizer_of(p, course_lib.device_of(p.model), directory)
     every = tokenizer.grid if tokenizer.kind == "pixels" else 1  # a frame per scan line, or per code
     batch_size = default_batch_size(p, course_lib.device_of(p.model)) if batch_size is None else int(batch_size)
-    (cond, cond_mask), (uncond, uncond_mask) = encoder(prompt), encoder("")
+    (cond, cond_mask), (uncond, uncond_mask) = encoder(prompt), encoder(negative_prompt)
 
     def batches() -> Iterator[Generation]:
         for start in range(first, first + n, batch_size):
@@ -339,6 +345,8 @@ def main(argv: list[str] | None = None) -> None:
                         help="CFG scale: 1 = none, 0 = ignore prompt (default 5; 2 for autoregressive models)")
     parser.add_argument("--sampler", default=None, help=f"one of {', '.join(samplers.SAMPLERS)} (default ddim; "
                                                         f"diffusion models only)")
+    parser.add_argument("--negative-prompt", default="",
+                        help='what to steer away from, e.g. "red" (replaces the empty prompt in guidance)')
     parser.add_argument("--temperature", type=float, default=None,
                         help="autoregressive models only: softmax temperature (default 1; 0 = likeliest token)")
     parser.add_argument("--top-k", type=int, default=None,
@@ -367,7 +375,8 @@ def main(argv: list[str] | None = None) -> None:
     if args.scale < 1:
         parser.error(f"--scale must be an int >= 1, got {args.scale}")
     settings = dict(steps=args.steps, guidance_scale=args.guidance_scale, sampler=args.sampler, seed=args.seed,
-                    first=args.first, temperature=args.temperature, top_k=args.top_k)
+                    first=args.first, temperature=args.temperature, top_k=args.top_k,
+                    negative_prompt=args.negative_prompt)
     options = dict(n=args.n, batch_size=args.batch_size, model=args.model, device=args.device,
                    directory=args.checkpoint_dir)
     try:

@@ -58,6 +58,11 @@ def drop_captions(cond, cond_mask, prob: float, generator, empty=None):
     return torch.where(drop[:, None, None], tokens, cond), torch.where(drop[:, None], mask, cond_mask)
 
 
+def check_drop_prob(cond_drop_prob: float) -> None:
+    if not 0.0 <= cond_drop_prob < 1.0:
+        raise ValueError(f"cond_drop_prob must be in [0, 1), got {cond_drop_prob}")
+
+
 @dataclass
 class EpsilonLoss:
     """Train an eps-prediction denoiser; text-conditioned models also learn to ignore a dropped caption."""
@@ -67,8 +72,7 @@ class EpsilonLoss:
     empty_cond: tuple | None = field(default=None, repr=False)  # (tokens (L, D), mask (L,)) of ""; see drop_captions
 
     def __post_init__(self):
-        if not 0.0 <= self.cond_drop_prob < 1.0:
-            raise ValueError(f"cond_drop_prob must be in [0, 1), got {self.cond_drop_prob}")
+        check_drop_prob(self.cond_drop_prob)
 
     def __call__(self, model, batch, generator) -> torch.Tensor:
         if isinstance(batch, (tuple, list)) and len(batch) != 3:
@@ -101,8 +105,7 @@ class TokenLoss:
     empty_cond: tuple | None = field(default=None, repr=False)  # (tokens (L, D), mask (L,)) of ""; see drop_captions
 
     def __post_init__(self):
-        if not 0.0 <= self.cond_drop_prob < 1.0:
-            raise ValueError(f"cond_drop_prob must be in [0, 1), got {self.cond_drop_prob}")
+        check_drop_prob(self.cond_drop_prob)
 
     def __call__(self, model, batch, generator) -> torch.Tensor:
         if not isinstance(batch, (tuple, list)) or len(batch) != 3:

@@ -208,6 +208,25 @@ def lcm(eps_model, x, schedule, timesteps, *, callback=None, generator=None) -> 
     return x
 
 
+def ddim_inversion(eps_model, x0, schedule, timesteps, *, callback=None) -> torch.Tensor:
+    """DDIM run backwards (Song et al. 2021, sec. 4.3; as null-text inversion, Mokady et al. 2023, runs it): from a
+    clean image x0 up through `timesteps` (given descending, as to the samplers) to the noise x_T from which `ddim`
+    with the same timesteps draws (about) x0 again. Each step re-uses eq. 12 upwards, with the noise predicted from
+    the less noisy sample (the only approximation: the exact eps would need the x_t being solved for)."""
+    timesteps = _check_inputs(x0, schedule, timesteps)[::-1]  # visited ascending: clean -> noisy
+    x, a_from = x0, torch.tensor(1.0)  # alpha_bar = 1: clean data
+    with torch.no_grad():
+        for i, t in enumerate(timesteps):
+            a_to = schedule.alphas_cumprod[t]
+            eps = _predict_eps(eps_model, x, t)
+            x0_pred = x if i == 0 else x0_from_eps(x, eps, a_from)  # at alpha_bar = 1, x is x0 itself
+            x = a_to**0.5 * x0_pred + (1 - a_to) ** 0.5 * eps  # eq. 12 with eta = 0, one level up
+            a_from = a_to
+            if callback is not None:
+                callback(StepRecord(step=i, t=t, x_t=x.detach().clone(), x0=x0_pred.detach().clone(), nfe=i + 1))
+    return x
+
+
 SAMPLERS: dict[str, Callable[..., torch.Tensor]] = {"ddpm": ddpm, "ddim": ddim, "euler": euler, "heun": heun,
                                                      "dpmpp_2m": dpmpp_2m, "lcm": lcm}
 

@@ -22,7 +22,27 @@ from pathlib import Path
 import pytest
 
 REPO = Path(__file__).resolve().parents[1]
-CHROMIUM = "/usr/bin/chromium"  # the Debian package; never `playwright install` (no internet)
+CHROMIUM_NAMES = ("chromium", "chromium-browser", "google-chrome")  # looked up on PATH after $CHROMIUM
+CHROMIUM_INSTALL = ("no Chromium for the browser tests: install it (Debian/Ubuntu: sudo apt-get install chromium; "
+                    "macOS: brew install --cask chromium) or point CHROMIUM=/path/to/chrome at one; never `playwright "
+                    "install` (it downloads)")
+
+
+def find_chromium() -> str:
+    """The Chromium the browser tests drive: $CHROMIUM, else the first of CHROMIUM_NAMES on PATH, else Debian's
+    /usr/bin/chromium; RuntimeError(CHROMIUM_INSTALL) when there is none."""
+    given = os.environ.get("CHROMIUM")
+    if given:
+        if not os.access(given, os.X_OK):
+            raise RuntimeError(f"CHROMIUM={given} is not an executable file; {CHROMIUM_INSTALL}")
+        return given
+    for name in CHROMIUM_NAMES:
+        found = shutil.which(name)
+        if found:
+            return found
+    if os.access("/usr/bin/chromium", os.X_OK):
+        return "/usr/bin/chromium"
+    raise RuntimeError(CHROMIUM_INSTALL)
 SERVER_START_TIMEOUT_S = 120
 NOTEBOOK_RUN_TIMEOUT_S = 180  # the notebook's own cells (imports, model loading) run inside this
 
@@ -267,8 +287,12 @@ def browser():
     """Headless Debian Chromium driven by Playwright (sync API)."""
     from playwright.sync_api import sync_playwright
 
+    try:
+        chromium = find_chromium()
+    except RuntimeError as e:
+        pytest.fail(str(e), pytrace=False)  # one line that names the fix, not a traceback from Playwright
     with sync_playwright() as pw:
-        b = pw.chromium.launch(executable_path=CHROMIUM, headless=True, args=["--no-sandbox"])
+        b = pw.chromium.launch(executable_path=chromium, headless=True, args=["--no-sandbox"])
         try:
             yield b
         finally:

@@ -140,3 +140,23 @@ def test_no_test_can_write_into_data(tmp_path):
     assert not any(p.name.startswith(("stray", "x.json")) for p in data.rglob("*"))
     assert (data / "checkpoints" / "shapes32-unet.json").read_text()  # reading is fine
     (tmp_path / "fine.txt").write_text("fine")  # and so is writing anywhere else
+
+
+def test_browser_tests_find_chromium_or_say_in_one_line_how_to_install_it(tmp_path, monkeypatch):
+    import os
+
+    from conftest import find_chromium
+
+    fake = tmp_path / "chromium-browser"
+    fake.write_text("#!/bin/sh\n")
+    fake.chmod(0o755)
+    monkeypatch.delenv("CHROMIUM", raising=False)
+    monkeypatch.setenv("PATH", str(tmp_path))
+    assert find_chromium() == str(fake)  # a name people have on PATH
+    monkeypatch.setenv("CHROMIUM", str(tmp_path / "missing"))
+    with pytest.raises(RuntimeError, match="CHROMIUM=.*missing is not an executable"):
+        find_chromium()
+    monkeypatch.delenv("CHROMIUM")
+    monkeypatch.setattr(os, "access", lambda path, mode: False)  # nothing on PATH, no /usr/bin/chromium
+    with pytest.raises(RuntimeError, match=r"apt-get install chromium; macOS: brew install --cask chromium"):
+        find_chromium()
