@@ -22,13 +22,12 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from tqdm.auto import tqdm
 
 import course_lib
 from course_lib import pretrained, samplers
 from course_lib.guidance import GuidedModel
-from course_lib.images import grid, label_rows, png_bytes, upscale
-from course_lib.latent import latent_decoder
+from course_lib.outputs import save_gif, save_numbered_pngs, save_png  # noqa: F401 (course_lib.generate.save_*)
+from course_lib.latent import encode_latents, latent_decoder
 from course_lib.pretrained import CheckpointError, CheckpointNotFoundError, Pretrained, image_shape, load_checkpoint, \
     load_text_encoder, sample_shape
 from course_lib.samplers import StepRecord, get_sampler, make_timesteps
@@ -66,7 +65,7 @@ class Generation:
 def generate(prompt: str, *, steps: int | None = None, guidance_scale: float | None = None, sampler: str | None = None,
              seed: int = 0, n: int = 4, first: int = 0, batch_size: int | None = None, model="shapes32-t2i",
              device=None, directory=None, callback=None, temperature: float | None = None,
-             top_k: int | None = None, negative_prompt: str = "") -> Generation:
+             top_k: int | None = None, negative_prompt: str = "", image=None, strength: float = 0.8) -> Generation:
     """Sample n images for a prompt with classifier-free guidance (Ho & Salimans 2022) and a sampler.
 
     prompt          a caption like "a small blue star at the top". The empty prompt "" is the *unconditional*
@@ -79,6 +78,10 @@ def generate(prompt: str, *, steps: int | None = None, guidance_scale: float | N
     sampler         a name from `samplers.SAMPLERS` ("ddim" by default, "ddpm", ...)
     negative_prompt what to steer away from: it replaces the empty prompt in classifier-free guidance's
                     unconditional branch, as in diffusers' pipelines (no effect at guidance_scale 1)
+    image, strength img2img (SDEdit, Meng et al. 2022, as diffusers' img2img pipelines): start from `image`
+                    ((3, H, W) or (n, 3, H, W) in [-1, 1], the model's image size; a latent model encodes it with
+                    its VAE) noised to the timestep `strength` picks, and run only the last int(steps * strength)
+                    steps: 0 returns the image, 1 is nearly plain text-to-image. Diffusion models only.
     temperature, top_k  autoregressive models only (shapes32-ar, shapes32-ar-tokens): softmax temperature
                     (default 1; 0 = always the likeliest token) and keep only the k likeliest tokens (default all).
                     They write one token per model call, so steps and sampler do not apply to them (refused).
@@ -101,7 +104,7 @@ def generate(prompt: str, *, steps: int | None = None, guidance_scale: float | N
     batches = list(generate_batches(prompt, steps=steps, guidance_scale=guidance_scale, sampler=sampler, seed=seed,
                                     n=n, first=first, batch_size=batch_size, model=model, device=device,
                                     directory=directory, callback=callback, temperature=temperature, top_k=top_k,
-                                    negative_prompt=negative_prompt))
+                                    negative_prompt=negative_prompt, image=image, strength=strength))
     if len(batches) == 1:
         return batches[0]
     try:
@@ -118,7 +121,8 @@ def generate_batches(prompt: str, *, steps: int | None = None, guidance_scale: f
                      sampler: str | None = None,
                      seed: int = 0, n: int = 4, first: int = 0, batch_size: int | None = None, model="shapes32-t2i",
                      device=None, directory=None, callback=None, temperature: float | None = None,
-                     top_k: int | None = None, negative_prompt: str = "") -> Iterator[Generation]:
+                     top_k: int | None = None, negative_prompt: str = "", image=None,
+                     strength: float = 0.8) -> Iterator[Generation]:
     """`generate`, one batch at a time: yields a Generation of up to batch_size images (its `first` says which).
 
     Same arguments as `generate`. The arguments are checked and the checkpoint loaded when this is called; each
@@ -144,6 +148,9 @@ def generate_batches(prompt: str, *, steps: int | None = None, guidance_scale: f
     device = course_lib.device_of(p.model)
     p.model.eval()  # dropout off: the same seed must give the same images
     if p.meta.get("kind") == "ar":
+        if image is not None:
+            raise ValueError(f"img2img (image=, --image) is for diffusion models; {p.meta.get('name')!r} is "
+                             f"autoregressive: it completes an image by forcing the known tokens instead")
         guidance_scale = DEFAULT_GUIDANCE["autoregressive"] if guidance_scale is None else guidance_scale
         return _autoregressive_batches(p, encoder, prompt, steps, sampler, guidance_scale, temperature, top_k, seed,
                                        n, first, batch_size, directory, callback, negative_prompt)
@@ -158,6 +165,9 @@ def generate_batches(prompt: str, *, steps: int | None = None, guidance_scale: f
     shape = sample_shape(p)  # (C, H, W) of one x_T: latents for a latent model
     sample = get_sampler(sampler)
     timesteps = make_timesteps(p.schedule, steps)
+    init = None
+    if image is not None:  # img2img: the image (latents of it) and the timesteps left to run
+        init, timesteps = _img2img_start(p, image, strength, timesteps, n, device, directory)
 
     def batches() -> Iterator[Generation]:
         noise = torch.Generator().manual_seed(int(seed))  # x_T of image 0, 1, 2, ... in turn (SEED_RULE)
@@ -176,9 +186,13 @@ def generate_batches(prompt: str, *, steps: int | None = None, guidance_scale: f
                 if callback is not None:
                     callback(record)
 
+            if init is not None:  # img2img: image k noised with image k's x_T draw to the first timestep left
+                rows = init[start - first:start - first + size] if len(init) > 1 else init.expand(size, *shape)
+                x_T = p.schedule.add_noise(rows, x_T, int(timesteps[0])) if len(timesteps) else rows
             try:
-                samples = sample(eps_model, x_T.to(device), p.schedule, timesteps, callback=on_step,
-                                 generator=[step_noise_generator(seed, k) for k in range(start, start + size)])
+                samples = x_T.to(device) if len(timesteps) == 0 else \
+                    sample(eps_model, x_T.to(device), p.schedule, timesteps, callback=on_step,
+                           generator=[step_noise_generator(seed, k) for k in range(start, start + size)])
                 images = samples.float().cpu() if decode is None else decode(samples)
             except RuntimeError as e:  # torch.OutOfMemoryError is a RuntimeError too
                 if not _out_of_memory(e):
@@ -188,6 +202,24 @@ def generate_batches(prompt: str, *, steps: int | None = None, guidance_scale: f
             yield Generation(images=images, records=records, latents=latents, decode=decode, first=start)
 
     return batches()
+
+
+def _img2img_start(p: Pretrained, image, strength, timesteps, n: int, device, directory):
+    """(the image as the sampler's start, (1 or n, C, H, W) on the CPU: VAE latents for a latent model; the last
+    int(steps * strength) timesteps, as diffusers' img2img pipelines keep them)."""
+    if isinstance(strength, bool) or not isinstance(strength, (int, float)) or not 0 <= strength <= 1:
+        raise ValueError(f"strength must be a number in [0, 1] (0 = the image unchanged, 1 = redrawn), got {strength!r}")
+    want = image_shape(p)
+    if not isinstance(image, torch.Tensor) or image.dim() not in (3, 4) or tuple(image.shape[-3:]) != want \
+            or (image.dim() == 4 and image.shape[0] not in (1, n)):
+        got = tuple(image.shape) if isinstance(image, torch.Tensor) else type(image).__name__
+        raise ValueError(f"image must be a tensor (3, H, W) or (1 or n, 3, H, W) in [-1, 1] of this model's size "
+                         f"{want}, got {got}")
+    image = (image[None] if image.dim() == 3 else image).float().cpu()  # (1 or n, 3, H, W)
+    vae = pretrained.load_vae(p, device, directory)
+    start = image if vae is None else encode_latents(vae, image)  # (1 or n, C, h, w)
+    kept = min(int(len(timesteps) * strength), len(timesteps))
+    return start, timesteps[len(timesteps) - kept:]
 
 
 def _autoregressive_batches(p: Pretrained, encoder, prompt, steps, sampler, guidance_scale, temperature, top_k,
@@ -290,52 +322,6 @@ def _check_arguments(prompt, steps, guidance_scale, sampler, seed, n, first, bat
         get_sampler(sampler)  # ValueError naming the valid samplers
 
 
-# ----- files: a PNG grid, a GIF of the denoising, numbered PNGs ---------------------------------------------------
-def save_png(images: torch.Tensor, path, scale: int = 4) -> Path:
-    """The images (n, C, H, W) in [-1, 1] side by side, nearest-upscaled by `scale`, as a PNG file."""
-    path = Path(path)
-    path.write_bytes(png_bytes(grid(images, nrow=len(images)), scale=scale))
-    return path
-
-
-def save_gif(records: list[StepRecord], path, scale: int = 4, frame_ms: int = 150, decode=None) -> Path:
-    """One GIF frame per sampler step: the samples x_t on top, the predicted x0 below; the last frame lingers.
-
-    decode: latents -> images for the records of a latent model (`Generation.decode`)."""
-    from PIL import Image
-
-    frames = []
-    for r in records:
-        if isinstance(r, FillFrame):  # an autoregressive model: one row, the image as written so far
-            label = f"token {r.step}/{r.calls}"
-            frames.append(Image.fromarray(label_rows(upscale(grid(r.images, nrow=len(r.images)), scale), [label])))
-            continue
-        x_t, x0 = (r.x_t, r.x0) if decode is None else (decode(r.x_t), decode(r.x0))
-        tiles = grid(torch.cat([x_t[:, :3], x0[:, :3]]), nrow=len(r.x_t))  # (2 rows, n columns) of images
-        # the step number in the label also keeps Pillow from merging two look-alike frames into one
-        labels = [f"x_t {r.step + 1}/{len(records)}", "predicted x0"]
-        frames.append(Image.fromarray(label_rows(upscale(tiles, scale), labels)))
-    durations = [frame_ms] * (len(frames) - 1) + [2000]
-    path = Path(path)
-    frames[0].save(path, save_all=True, append_images=frames[1:], duration=durations, loop=0)
-    return path
-
-
-def save_numbered_pngs(batches, directory, n: int, scale: int = 4, progress: bool = True) -> int:
-    """Each image of each batch (Generations) as directory/<k>.png, k its index in the seed's sequence (zero-padded
-    to sort), with a progress bar over the n images expected; returns how many were written."""
-    directory, written, digits = Path(directory), 0, None
-    with tqdm(total=n, unit="image", disable=not progress) as bar:
-        for batch in batches:
-            digits = digits or max(6, len(str(batch.first + n - 1)))  # one width for the whole run: names sort
-            for i, image in enumerate(batch.images):
-                (directory / f"{batch.first + i:0{digits}d}.png").write_bytes(png_bytes(image, scale=scale))
-            written += len(batch.images)
-            bar.update(len(batch.images))
-            del batch  # free this batch (and its step records) before the next one is sampled: one batch at a time
-    return written
-
-
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(prog="python -m course_lib.generate",
                                      description="Generate images from a text prompt with a text-to-image checkpoint.")
@@ -347,6 +333,9 @@ def main(argv: list[str] | None = None) -> None:
                                                         f"diffusion models only)")
     parser.add_argument("--negative-prompt", default="",
                         help='what to steer away from, e.g. "red" (replaces the empty prompt in guidance)')
+    parser.add_argument("--image", default=None, help="img2img: start from this PNG (resized to the model's size)")
+    parser.add_argument("--strength", type=float, default=0.8,
+                        help="img2img: how much of the image to redraw, 0..1 (default 0.8)")
     parser.add_argument("--temperature", type=float, default=None,
                         help="autoregressive models only: softmax temperature (default 1; 0 = likeliest token)")
     parser.add_argument("--top-k", type=int, default=None,
@@ -376,9 +365,11 @@ def main(argv: list[str] | None = None) -> None:
         parser.error(f"--scale must be an int >= 1, got {args.scale}")
     settings = dict(steps=args.steps, guidance_scale=args.guidance_scale, sampler=args.sampler, seed=args.seed,
                     first=args.first, temperature=args.temperature, top_k=args.top_k,
-                    negative_prompt=args.negative_prompt)
+                    negative_prompt=args.negative_prompt, strength=args.strength)
     options = dict(n=args.n, batch_size=args.batch_size, model=args.model, device=args.device,
-                   directory=args.checkpoint_dir)
+                   directory=args.checkpoint_dir, image=None)
+    if args.image is not None:
+        options["image"] = _read_image(parser, args.image, args.model, args.device, args.checkpoint_dir)
     try:
         if not into_directory:
             result = generate(args.prompt, **settings, **options)
@@ -410,6 +401,21 @@ def main(argv: list[str] | None = None) -> None:
     if args.gif:
         written.append(save_gif(result.records, out.with_suffix(".gif"), scale=args.scale, decode=result.decode))
     print(f"wrote {', '.join(str(p) for p in written)}")
+
+
+def _read_image(parser: argparse.ArgumentParser, path: str, model: str, device, directory) -> torch.Tensor:
+    """--image FILE as (3, H, W) in [-1, 1] at the model's image size (box-filtered: a PNG written with --scale k
+    comes back exactly)."""
+    from PIL import Image, UnidentifiedImageError
+
+    try:
+        _, height, width = image_shape(load_checkpoint(model, device, directory))
+        picture = Image.open(path).convert("RGB").resize((width, height), Image.BOX)
+    except (OSError, UnidentifiedImageError) as e:
+        parser.error(f"--image {path!r}: cannot read it as an image ({e})")
+    except (ValueError, CheckpointNotFoundError, CheckpointError) as e:
+        parser.error(str(e))
+    return torch.from_numpy(np.asarray(picture).copy()).permute(2, 0, 1).float() / 127.5 - 1  # (3, H, W)
 
 
 def _check_out(parser: argparse.ArgumentParser, args) -> tuple[Path, bool]:

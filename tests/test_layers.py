@@ -19,7 +19,7 @@ LAYERS = [
     ("objectives, training, samplers", ["course_lib.losses", "course_lib.batches", "course_lib.distributed",
                                         "course_lib.training", "course_lib.samplers", "course_lib.guidance",
                                         "course_lib.autoregressive", "course_lib.inpainting"]),
-    ("pipelines", ["course_lib.generate", "course_lib.latent", "course_lib.tokens"]),
+    ("pipelines", ["course_lib.generate", "course_lib.outputs", "course_lib.latent", "course_lib.tokens"]),
     ("widgets", ["course_lib.widgets", "course_lib.plotting"]),
     ("metrics", ["course_lib.metrics"]),
     ("recipes", ["course_lib.floors", "course_lib.tasks", "course_lib.recipes", "course_lib.train"]),
