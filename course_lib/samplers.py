@@ -219,7 +219,7 @@ def ddim_inversion(eps_model, x0, schedule, timesteps, *, callback=None) -> torc
         for i, t in enumerate(timesteps):
             a_to = schedule.alphas_cumprod[t]
             eps = _predict_eps(eps_model, x, t)
-            x0_pred = x if i == 0 else x0_from_eps(x, eps, a_from)  # at alpha_bar = 1, x is x0 itself
+            x0_pred = x0_from_eps(x, eps, a_from)  # at alpha_bar = 1 (the first step) this is x itself
             x = a_to**0.5 * x0_pred + (1 - a_to) ** 0.5 * eps  # eq. 12 with eta = 0, one level up
             a_from = a_to
             if callback is not None:

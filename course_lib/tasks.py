@@ -176,9 +176,10 @@ class Autoregression:
     temperature: float = 1.0  # the preview's sampling temperature
 
     def prepare(self, data: DataSpec, device) -> Prepared:
-        images = data.load()  # (N, 3, H, W)
+        images, palette = data.load(), None  # (N, 3, H, W)
         if self.tokenizer is None:
-            tokenizer = ImageTokenizer.from_palette(palette_of(images), data.size)
+            palette = palette_of(images)  # what Recipe.build_model gave the model (record checks)
+            tokenizer = ImageTokenizer.from_palette(palette, data.size)
         else:
             tokenizer = ImageTokenizer.from_vq(pretrained.load_model(self.tokenizer, VQModel, device))
         tokens = tokenizer.encode(images)  # (N, grid * grid)
@@ -187,18 +188,16 @@ class Autoregression:
         empty_tokens, empty_mask = encoder("")
         loss_fn = TokenLoss(self.cond_drop_prob, (empty_tokens[0], empty_mask[0]))
         return Prepared(TensorBatches(tokens, cond, mask), loss_fn,
-                        {"tokenizer": tokenizer, "encoder": encoder, "images": images})
+                        {"tokenizer": tokenizer, "encoder": encoder, "palette": palette})
 
     def record(self, model, data: DataSpec, prepared: Prepared) -> dict:
         tokenizer, encoder = prepared.context["tokenizer"], prepared.context["encoder"]
-        if tokenizer.kind == "pixels" and tuple(model.config.palette) != palette_of(prepared.context["images"]):
+        if tokenizer.kind == "pixels" and model.config.palette != prepared.context["palette"]:
             raise ValueError("the model's palette is not its training data's, so its token values mean other "
                              "colours: build it with palette_from=<the data> (Recipe.build_model does)")
-        if self.tokenizer is not None:
-            codebook = pretrained.load_model(self.tokenizer, VQModel, "cpu").config.codebook_size
-            if model.config.vocab_size != codebook:
-                raise ValueError(f"the transformer's vocab_size {model.config.vocab_size} must be {self.tokenizer}'s "
-                                 f"codebook_size {codebook}")
+        if model.config.vocab_size != tokenizer.vocab_size:
+            raise ValueError(f"the transformer's vocab_size {model.config.vocab_size} must be its tokenizer's "
+                             f"{tokenizer.vocab_size} ({self.tokenizer or 'the palette'})")
         fresh = ShapesDataset(size=data.size, n=256, seed=999).images()
         error = (tokenizer.decode(tokenizer.encode(fresh)) - fresh).abs().max().item() * 127.5  # in 0..255 steps
         cond, mask = encoder("a red circle")
@@ -215,9 +214,10 @@ class Autoregression:
         """n samples with CFG on fresh captions (seed 1)."""
         encoder = prepared.context["encoder"]
         prompts = dataclasses.replace(data, n=n, seed=1, hold_out=False).shapes().captions()
-        tokens = sample_tokens(model.eval(), n, cond=encoder(prompts)[0], cond_mask=encoder(prompts)[1],
-                               uncond=encoder("")[0], uncond_mask=encoder("")[1], guidance_scale=self.guidance_scale,
-                               temperature=self.temperature, generator=torch.Generator().manual_seed(seed))
+        (cond, cond_mask), (uncond, uncond_mask) = encoder(prompts), encoder("")
+        tokens = sample_tokens(model.eval(), n, cond=cond, cond_mask=cond_mask, uncond=uncond, uncond_mask=uncond_mask,
+                               guidance_scale=self.guidance_scale, temperature=self.temperature,
+                               generator=torch.Generator().manual_seed(seed))
         return _grid_png(prepared.context["tokenizer"].decode(tokens.cpu()), nrow=int(np.ceil(np.sqrt(n))), scale=4)
 
 

@@ -35,6 +35,7 @@ class ImageTokenizer:
     grid: int  # tokens per row (and rows)
     cell: int  # pixels per token side: 1 for pixel tokens, the tokenizer's f for codes
     kind: str  # "pixels" or "codes"
+    vocab_size: int  # token values: palette colours, or the codebook's codes
 
     def canvas(self, tokens: torch.Tensor) -> torch.Tensor:
         """Tokens (B, N) with -1 where nothing is written yet -> images (B, 3, H, W): the written tokens decoded,
@@ -52,7 +53,7 @@ class ImageTokenizer:
         def decode(tokens: torch.Tensor) -> torch.Tensor:
             return colours[tokens.cpu()].unflatten(1, (size, size)).permute(0, 3, 1, 2)  # (B, N, 3) -> (B, 3, H, W)
 
-        return cls(lambda images: pixels_to_tokens(images.cpu(), palette), decode, size, 1, "pixels")
+        return cls(lambda images: pixels_to_tokens(images.cpu(), palette), decode, size, 1, "pixels", len(palette))
 
     @classmethod
     def from_vq(cls, vq: VQModel) -> "ImageTokenizer":
@@ -66,7 +67,7 @@ class ImageTokenizer:
         def decode(tokens: torch.Tensor) -> torch.Tensor:
             return vq.decode(tokens.to(device).unflatten(1, (grid, grid))).float().cpu()  # (B, h*w) -> (B, h, w)
 
-        return cls(encode, decode, grid, vq.config.image_size // grid, "codes")
+        return cls(encode, decode, grid, vq.config.image_size // grid, "codes", vq.config.codebook_size)
 
 
 def tokenizer_of(p: pretrained.Pretrained, device=None, directory=None) -> ImageTokenizer:

@@ -17,10 +17,10 @@ import torch
 from course_lib import pretrained
 from course_lib.autoregressive import sample_tokens
 from course_lib.data import COLORS, POSITIONS, Attributes, ShapesDataset
-from course_lib.generate import generate
+from course_lib.generate import DEFAULT_GUIDANCE, generate
 from course_lib.guidance import GuidedModel
 from course_lib.inpainting import KnownRegion
-from course_lib.metrics import fresh_prompts, load_classifier, prompt_accuracy
+from course_lib.metrics import fresh_prompts, load_classifier, prompt_matches
 from course_lib.metrics.classifier import frechet_distance_se
 from course_lib.metrics.flops import count_flops, gflops_per_step
 from course_lib.metrics.prompts import make_prompt, reference_renders
@@ -33,7 +33,8 @@ METHODS = [("pixel AR", PIXEL_AR, None, None), ("token AR", TOKEN_AR, None, None
            ("diffusion DDIM 4", DIFFUSION, "ddim", 4), ("diffusion DDIM 20", DIFFUSION, "ddim", 20),
            ("diffusion DDIM 50", DIFFUSION, "ddim", 50), ("diffusion DPM-Solver++ 20", DIFFUSION, "dpmpp_2m", 20),
            ("LCM 4", LCM, "lcm", 4)]
-GUIDANCE = {PIXEL_AR: 2.0, TOKEN_AR: 2.0, DIFFUSION: 5.0, LCM: 5.0}  # each model's default (generate.DEFAULT_GUIDANCE)
+GUIDANCE = {name: DEFAULT_GUIDANCE["autoregressive" if name in (PIXEL_AR, TOKEN_AR) else "diffusion"]
+            for name in (PIXEL_AR, TOKEN_AR, DIFFUSION, LCM)}  # each model's CFG scale: generate's defaults
 
 
 def _se(values) -> float:
@@ -51,8 +52,7 @@ def training_flops(name: str, directory=None) -> dict:
     """Training FLOPs of a checkpoint: 3 x (one forward pass) per image seen (forward + backward ~ 3 forwards),
     plus those of the checkpoint it was initialised from."""
     p = pretrained.load_checkpoint(name, "cpu", directory)
-    config = p.meta["train_config"] if "train_config" in p.meta else {}
-    images = int(p.meta["steps"]) * int(config.get("batch_size", 0))
+    images = int(p.meta["steps"]) * int(p.meta["train_config"]["batch_size"])
     if p.meta["kind"] == "ar":
         forward = p.meta["metrics"]["forward_gflops_per_image"]
     else:
@@ -104,8 +104,7 @@ def quality(prompts: int = 16, per_prompt: int = 4, seed: int = 0, directory=Non
         for i, prompt in enumerate(chosen):
             batch = _images(model, sampler, steps, prompt.text, per_prompt, seed + i, directory)
             images.append(batch)
-            correct += [prompt_accuracy(image[None], prompt.attributes, classifier, keys=prompt.keys)
-                        for image in batch]
+            correct += prompt_matches(batch, prompt.attributes, classifier, keys=prompt.keys)
         fd, fd_se = frechet_distance_se(torch.cat(images), reference, classifier)
         rows.append({"method": label, "prompt_accuracy": float(np.mean(correct)), "prompt_accuracy_se": _se(correct),
                      "frechet_distance": fd, "frechet_distance_se": fd_se, "images": len(correct)})
@@ -124,19 +123,27 @@ def half_mask(size: int, keep: str) -> torch.Tensor:
 
 
 def diffusion_complete(known: torch.Tensor, mask: torch.Tensor, seed: int, directory=None, steps: int = 20,
-                    prompt: str = "", guidance_scale: float = 1.0) -> torch.Tensor:
-    """shapes32-t2i inpaints: DDIM with the known region pinned (KnownRegion)."""
+                       prompt: str = "", guidance_scale: float = 1.0, pinned_steps: int | None = None) -> torch.Tensor:
+    """shapes32-t2i inpaints: DDIM with the known region pinned (KnownRegion) for every step, or for the first
+    `pinned_steps` only and then released."""
     p = pretrained.load_checkpoint(DIFFUSION, "cpu", directory)
     encoder = pretrained.load_text_encoder(p, "cpu", directory)
-    eps_model = KnownRegion(GuidedModel(p.model, *encoder(prompt), *encoder(""), guidance_scale), p.schedule,
-                            known, mask)
+    guided = GuidedModel(p.model, *encoder(prompt), *encoder(""), guidance_scale)
+    pinned = KnownRegion(guided, p.schedule, known, mask)
+    timesteps = make_timesteps(p.schedule, steps)
+    release = -1 if pinned_steps is None else \
+        (int(timesteps[pinned_steps - 1]) if pinned_steps > 0 else p.schedule.num_train_timesteps)
+
+    def eps_model(x_t, t):
+        return pinned(x_t, t) if int(t[0]) >= release else guided(x_t, t)
+
     x_T = torch.randn(known.shape, generator=torch.Generator().manual_seed(seed))
     with torch.no_grad():
-        return get_sampler("ddim")(eps_model, x_T, p.schedule, make_timesteps(p.schedule, steps)).float()
+        return get_sampler("ddim")(eps_model, x_T, p.schedule, timesteps).float()
 
 
 def ar_complete(model: str, known: torch.Tensor, mask: torch.Tensor, seed: int, directory=None, prompt: str = "",
-             guidance_scale: float = 1.0) -> torch.Tensor:
+                guidance_scale: float = 1.0) -> torch.Tensor:
     """An autoregressive model completes images whose `mask` part is known (forced tokens)."""
     p = pretrained.load_checkpoint(model, "cpu", directory)
     encoder = pretrained.load_text_encoder(p, "cpu", directory)
@@ -146,14 +153,16 @@ def ar_complete(model: str, known: torch.Tensor, mask: torch.Tensor, seed: int, 
     token_known = mask[:, 0, ::cell, ::cell].flatten(1).expand_as(tokens)  # (B, N): a token is known if its cell is
     forced = torch.where(token_known, tokens, torch.full_like(tokens, -1))
     generators = [torch.Generator().manual_seed(seed * 1000 + k) for k in range(len(known))]
-    out = sample_tokens(p.model, cond=encoder(prompt)[0], cond_mask=encoder(prompt)[1], uncond=encoder("")[0],
-                        uncond_mask=encoder("")[1], guidance_scale=guidance_scale, known=forced, generator=generators)
+    (cond, cond_mask), (uncond, uncond_mask) = encoder(prompt), encoder("")
+    out = sample_tokens(p.model, cond=cond, cond_mask=cond_mask, uncond=uncond, uncond_mask=uncond_mask,
+                        guidance_scale=guidance_scale, known=forced, generator=generators)
     return tokenizer.decode(out.cpu())
 
 
 def completion(n: int = 32, seed: int = 11, directory=None) -> dict:
     """(a) Fresh renders with one half known, completed without a prompt; the classifier checks that the completed
-    image still shows the original object (all five attributes), and how far the filled half is from the truth."""
+    image still shows the original object (its shape, colour, size and position), and how far the filled half is
+    from the truth."""
     classifier = load_classifier(device="cpu")
     data = ShapesDataset(size=32, n=n, seed=seed)
     truth, attributes = data.images(), data.attributes()
@@ -165,8 +174,7 @@ def completion(n: int = 32, seed: int = 11, directory=None) -> dict:
         for keep in ("top", "bottom"):
             mask = half_mask(32, keep)
             images = fill(truth, mask)
-            right = [prompt_accuracy(img[None], a, classifier, keys=("shape", "color", "size", "position"))
-                     for img, a in zip(images, attributes)]
+            right = prompt_matches(images, attributes, classifier, keys=("shape", "color", "size", "position"))
             error = ((images - truth).abs() * ~mask).sum(dim=(1, 2, 3)) / (~mask).sum() / 3  # per image, unknown half
             rows.append({"method": method, "known": keep, "object_kept": float(np.mean(right)),
                          "object_kept_se": _se(right), "mean_abs_error_filled_half": float(error.mean()),
@@ -213,30 +221,13 @@ def early_wrong_token(n: int = 24, seed: int = 5, directory=None, pinned_steps: 
         for injected in (False, True):
             where = mask if injected else torch.zeros_like(mask)
             ar = ar_complete(PIXEL_AR, known, where, seed, directory, text, scale or GUIDANCE[PIXEL_AR])
-            d = pinned_diffusion(known, where, seed, text, pinned_steps, steps, directory, scale or GUIDANCE[DIFFUSION])
+            d = diffusion_complete(known, where, seed, directory, steps, text, scale or GUIDANCE[DIFFUSION],
+                                   pinned_steps)
             for method, images in (("pixel AR", ar), ("diffusion", d)):
                 rows.append({"method": method, "prompt": text, "injected": injected, **outcome(images)})
     return {"rows": rows, "settings": {"prompt": prompt.text, "pixel": WRONG_PIXEL, "colour": WRONG_COLOR, "n": n,
                                        "seed": seed, "diffusion": f"DDIM {steps} steps, pixel pinned for the first "
                                                                   f"{pinned_steps}"}}
-
-
-def pinned_diffusion(known, mask, seed, prompt, pinned_steps, steps, directory=None,
-                     guidance_scale: float = GUIDANCE[DIFFUSION]) -> torch.Tensor:
-    """DDIM where the mask is pinned for the first `pinned_steps` steps only, then released."""
-    p = pretrained.load_checkpoint(DIFFUSION, "cpu", directory)
-    encoder = pretrained.load_text_encoder(p, "cpu", directory)
-    guided = GuidedModel(p.model, *encoder(prompt), *encoder(""), guidance_scale)
-    pinned = KnownRegion(guided, p.schedule, known, mask)
-    timesteps = make_timesteps(p.schedule, steps)
-    release = int(timesteps[pinned_steps - 1]) if pinned_steps > 0 else p.schedule.num_train_timesteps
-
-    def eps_model(x_t, t):
-        return pinned(x_t, t) if int(t[0]) >= release else guided(x_t, t)
-
-    x_T = torch.randn(known.shape, generator=torch.Generator().manual_seed(seed))
-    with torch.no_grad():
-        return get_sampler("ddim")(eps_model, x_T, p.schedule, timesteps).float()
 
 
 def by_position(per_position: int = 12, per_prompt: int = 2, seed: int = 3, directory=None) -> dict:
@@ -251,8 +242,7 @@ def by_position(per_position: int = 12, per_prompt: int = 2, seed: int = 3, dire
             right = []
             for i, prompt in enumerate(group):
                 images = _images(model, sampler, steps, prompt.text, per_prompt, seed + i, directory)
-                right += [prompt_accuracy(img[None], prompt.attributes, classifier, keys=prompt.keys)
-                          for img in images]
+                right += prompt_matches(images, prompt.attributes, classifier, keys=prompt.keys)
             rows.append({"method": label, "position": pos, "prompt_accuracy": float(np.mean(right)),
                          "prompt_accuracy_se": _se(right), "images": len(right)})
     return {"rows": rows, "settings": {"per_position": per_position, "per_prompt": per_prompt, "seed": seed}}

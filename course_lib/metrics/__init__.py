@@ -10,7 +10,7 @@ Sweeps that produce the tables are in course_lib.evaluation; timings in course_l
 """
 from .classifier import (CLASSIFIER_NAME, PROMPT_KEYS, attribute_accuracy, classifier_accuracy, classifier_features,
                          feature_stats, frechet_distance, frechet_distance_from_stats, frechet_distance_se,
-                         load_classifier, prompt_accuracy)
+                         load_classifier, prompt_accuracy, prompt_matches)
 from .clip import (ZERO_SHOT, encode_images, encode_texts, retrieval_top1, similarity_matrix, zero_shot_accuracy,
                    zero_shot_predict, zero_shot_prompts)
 from .flops import count_flops, decode_gflops, forward_gflops, gflops_per_step
@@ -19,7 +19,7 @@ from .prompts import Prompt, fresh_prompts, held_out_prompts, make_prompt, refer
 
 __all__ = ["CLASSIFIER_NAME", "PROMPT_KEYS", "attribute_accuracy", "classifier_accuracy", "classifier_features",
            "feature_stats", "frechet_distance", "frechet_distance_from_stats", "frechet_distance_se", "load_classifier",
-           "prompt_accuracy",
+           "prompt_accuracy", "prompt_matches",
            "ZERO_SHOT", "encode_images", "encode_texts", "retrieval_top1", "similarity_matrix", "zero_shot_accuracy",
            "zero_shot_predict", "zero_shot_prompts", "count_flops", "decode_gflops", "forward_gflops",
            "gflops_per_step", "CLIP_LEVEL",

@@ -69,13 +69,19 @@ def attribute_accuracy(images: torch.Tensor, attributes, classifier, *, keys=PRO
     return {k: sum(getattr(p, k) == t[k] for p, t in zip(predicted, targets)) / len(targets) for k in keys}
 
 
-def prompt_accuracy(images: torch.Tensor, attributes, classifier, *, keys=PROMPT_KEYS) -> float:
-    """Fraction of images whose predicted attributes match the requested ones on *all* `keys` at once."""
+def prompt_matches(images: torch.Tensor, attributes, classifier, *, keys=PROMPT_KEYS) -> list[bool]:
+    """Per image: do its predicted attributes match the requested ones on *all* `keys` at once?"""
     _check_rgb_batch(images)
     keys = _check_keys(keys)
     targets = _targets(attributes, images.shape[0], keys)
     predicted = classifier.predict(images)
-    return sum(all(getattr(p, k) == t[k] for k in keys) for p, t in zip(predicted, targets)) / len(targets)
+    return [all(getattr(p, k) == t[k] for k in keys) for p, t in zip(predicted, targets)]
+
+
+def prompt_accuracy(images: torch.Tensor, attributes, classifier, *, keys=PROMPT_KEYS) -> float:
+    """Fraction of images whose predicted attributes match the requested ones on *all* `keys` at once."""
+    matches = prompt_matches(images, attributes, classifier, keys=keys)
+    return sum(matches) / len(matches)
 
 
 def classifier_features(images: torch.Tensor, classifier) -> torch.Tensor:

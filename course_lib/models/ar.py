@@ -114,9 +114,6 @@ class ARTransformer(nn.Module):
         self.blocks = nn.ModuleList(ARBlock(cfg) for _ in range(cfg.depth))
         self.norm_out = nn.LayerNorm(cfg.d_model)
         self.head = nn.Linear(cfg.d_model, cfg.vocab_size)
-        if cfg.palette is not None:  # pixel tokens: token value -> colour in [-1, 1]
-            rgb = torch.tensor(cfg.palette, dtype=torch.float32) / 127.5 - 1  # (V, 3)
-            self.register_buffer("palette_rgb", rgb, persistent=False)
         self.apply(self._init)
 
     @staticmethod
@@ -147,28 +144,20 @@ class ARTransformer(nn.Module):
             raise ValueError("this transformer is caption-conditioned: pass cond (B, L, cond_dim) token embeddings "
                              "(the empty prompt's for unconditional samples)")
         start = torch.full_like(tokens[:, :1], self.start_token)  # (B, 1)
-        x = self.embed(torch.cat([start, tokens[:, :-1]], dim=1), 0)  # (B, N, d): shifted right by one
-        for block in self.blocks:
-            x = block(x, cond, cond_mask)
-        return self.head(self.norm_out(x))  # (B, N, V)
+        return self.step(torch.cat([start, tokens[:, :-1]], dim=1), 0, None, cond, cond_mask)  # shifted right by one
 
-    def step(self, inputs: torch.Tensor, first: int, caches: list[dict], cond=None, cond_mask=None) -> torch.Tensor:
+    def step(self, inputs: torch.Tensor, first: int, caches: list[dict] | None, cond=None,
+             cond_mask=None) -> torch.Tensor:
         """Logits (B, n, V) of positions first .. first + n - 1, given their inputs (B, n) (the start token at
-        position 0, else the token before) and `caches` (one dict per block) holding every earlier position."""
+        position 0, else the token before) and `caches` (one dict per block) holding every earlier position;
+        caches=None: positions 0 .. n - 1 all at once, each masked from the ones after it (training)."""
         x = self.embed(inputs, first)
-        for block, cache in zip(self.blocks, caches):
+        for block, cache in zip(self.blocks, caches or [None] * len(self.blocks)):
             x = block(x, cond, cond_mask, cache)
-        return self.head(self.norm_out(x))
+        return self.head(self.norm_out(x))  # (B, n, V)
 
     def new_caches(self) -> list[dict]:
         return [{} for _ in self.blocks]
-
-    def tokens_to_pixels(self, tokens: torch.Tensor) -> torch.Tensor:
-        """Pixel tokens (B, H * W) -> images (B, 3, H, W) in [-1, 1] through the palette."""
-        if self.config.palette is None:
-            raise ValueError("this transformer's tokens are a tokenizer's codes: decode them with its VQ model")
-        H, W = self.config.height, self.config.width
-        return self.palette_rgb[tokens].unflatten(1, (H, W)).permute(0, 3, 1, 2)  # (B, N, 3) -> (B, 3, H, W)
 
 
 def palette_of(images: torch.Tensor) -> tuple[tuple[int, int, int], ...]:

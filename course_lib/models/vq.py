@@ -117,5 +117,5 @@ class VQModel(nn.Module):
 
 
 def vq_f4(**overrides) -> VQModel:
-    """The shapes-vq tokenizer: 32 x 32 images -> 8 x 8 codes out of 256."""
+    """A VQ tokenizer of 32 x 32 images into 8 x 8 codes (256 of them unless codebook_size says; shapes-vq: 1024)."""
     return VQModel(VQConfig(**overrides))
