@@ -26,11 +26,12 @@ import torch
 import course_lib
 from course_lib import pretrained, samplers
 from course_lib.guidance import GuidedModel
+from course_lib.images import read_image
 from course_lib.outputs import save_gif, save_numbered_pngs, save_png  # noqa: F401 (course_lib.generate.save_*)
 from course_lib.latent import encode_latents, latent_decoder
 from course_lib.pretrained import CheckpointError, CheckpointNotFoundError, Pretrained, image_shape, load_checkpoint, \
     load_text_encoder, sample_shape
-from course_lib.samplers import StepRecord, get_sampler, make_timesteps
+from course_lib.samplers import StepRecord, get_sampler, make_timesteps, strength_timesteps
 from course_lib.autoregressive import check_sampling, sample_tokens
 from course_lib.tokens import FillFrame, tokenizer_of
 
@@ -207,8 +208,7 @@ def generate_batches(prompt: str, *, steps: int | None = None, guidance_scale: f
 def _img2img_start(p: Pretrained, image, strength, timesteps, n: int, device, directory):
     """(the image as the sampler's start, (1 or n, C, H, W) on the CPU: VAE latents for a latent model; the last
     int(steps * strength) timesteps, as diffusers' img2img pipelines keep them)."""
-    if isinstance(strength, bool) or not isinstance(strength, (int, float)) or not 0 <= strength <= 1:
-        raise ValueError(f"strength must be a number in [0, 1] (0 = the image unchanged, 1 = redrawn), got {strength!r}")
+    timesteps = strength_timesteps(timesteps, strength)  # ValueError for a strength outside [0, 1]
     want = image_shape(p)
     if not isinstance(image, torch.Tensor) or image.dim() not in (3, 4) or tuple(image.shape[-3:]) != want \
             or (image.dim() == 4 and image.shape[0] not in (1, n)):
@@ -218,8 +218,7 @@ def _img2img_start(p: Pretrained, image, strength, timesteps, n: int, device, di
     image = (image[None] if image.dim() == 3 else image).float().cpu()  # (1 or n, 3, H, W)
     vae = pretrained.load_vae(p, device, directory)
     start = image if vae is None else encode_latents(vae, image)  # (1 or n, C, h, w)
-    kept = min(int(len(timesteps) * strength), len(timesteps))
-    return start, timesteps[len(timesteps) - kept:]
+    return start, timesteps
 
 
 def _autoregressive_batches(p: Pretrained, encoder, prompt, steps, sampler, guidance_scale, temperature, top_k,
@@ -406,16 +405,11 @@ def main(argv: list[str] | None = None) -> None:
 def _read_image(parser: argparse.ArgumentParser, path: str, model: str, device, directory) -> torch.Tensor:
     """--image FILE as (3, H, W) in [-1, 1] at the model's image size (box-filtered: a PNG written with --scale k
     comes back exactly)."""
-    from PIL import Image, UnidentifiedImageError
-
     try:
         _, height, width = image_shape(load_checkpoint(model, device, directory))
-        picture = Image.open(path).convert("RGB").resize((width, height), Image.BOX)
-    except (OSError, UnidentifiedImageError) as e:
-        parser.error(f"--image {path!r}: cannot read it as an image ({e})")
-    except (ValueError, CheckpointNotFoundError, CheckpointError) as e:
-        parser.error(str(e))
-    return torch.from_numpy(np.asarray(picture).copy()).permute(2, 0, 1).float() / 127.5 - 1  # (3, H, W)
+        return read_image(path, (height, width))
+    except (OSError, ValueError, CheckpointNotFoundError, CheckpointError) as e:
+        parser.error(f"--image: {e}")
 
 
 def _check_out(parser: argparse.ArgumentParser, args) -> tuple[Path, bool]:

@@ -73,6 +73,16 @@ def measure_scaling_factor(vae: VAE, images: torch.Tensor, seed: int = 0, batch_
     return vae.config.scaling_factor
 
 
+def latent_encoder(vae="shapes64-vae", device=None, directory=None) -> Callable | None:
+    """encode(images) -> scaled latents, the other end of `latent_decoder` (img2img starts from it); None for a
+    pixel-space model. vae: a VAE, a VAE checkpoint name, or a loaded latent-diffusion Pretrained."""
+    if not isinstance(vae, VAE):
+        vae = pretrained.load_vae(vae, device=device, directory=directory)
+        if vae is None:
+            return None
+    return functools.partial(encode_latents, vae)
+
+
 def latent_decoder(vae="shapes64-vae", device=None, directory=None) -> Callable | None:
     """decode(latents) -> images, for DenoisingPlayer(decode=...) and generate(); the VAE is loaded once.
 

@@ -68,6 +68,17 @@ def make_timesteps(schedule: NoiseSchedule, steps: int, spacing: str = "trailing
     return torch.from_numpy(timesteps.copy())  # (steps,)
 
 
+def strength_timesteps(timesteps, strength: float) -> torch.Tensor:
+    """img2img (SDEdit, Meng et al. 2022): the last int(len(timesteps) * strength) timesteps, as diffusers' img2img
+    pipelines keep them. The image is noised to the first of them (add_noise) and denoised from there: strength 0
+    keeps no step (the image comes back unchanged), 1 keeps them all (nearly plain text-to-image)."""
+    if isinstance(strength, bool) or not isinstance(strength, (int, float)) or not 0 <= strength <= 1:
+        raise ValueError(f"strength must be a number in [0, 1] (0 = the image unchanged, 1 = redrawn), got {strength!r}")
+    timesteps = torch.as_tensor(timesteps)
+    kept = min(int(len(timesteps) * strength), len(timesteps))
+    return timesteps[len(timesteps) - kept:]  # (kept,)
+
+
 def ddim(eps_model, x, schedule, timesteps, *, callback=None, generator=None, eta: float = 0.0) -> torch.Tensor:
     """DDIM (Song et al. 2021, eq. 12; sigma_t from eq. 16): eta=0 is deterministic, eta=1 is DDPM-like."""
     if not 0.0 <= eta <= 1.0:

@@ -106,4 +106,4 @@ def test_img2img_refuses_what_it_cannot_use(tmp_path, capsys):
     (tmp_path / "not.png").write_text("no picture")
     with pytest.raises(SystemExit):
         main(["a blue circle", "--image", str(tmp_path / "not.png"), "-o", str(tmp_path / "x.png")])
-    assert "cannot read it as an image" in capsys.readouterr().err
+    assert "--image: cannot read" in capsys.readouterr().err

@@ -427,3 +427,71 @@ def test_text_player_rejects_bad_input(t2i_player, tiny_unet):
         DenoisingPlayer(model, schedule, text_encoder=encoder, guidance_scale=25, autorun=False)
     with pytest.raises(ValueError, match="no eps_model"):
         DenoisingPlayer(model, schedule, text_encoder=encoder, eps_model=lambda x, t: x, autorun=False)
+
+
+# ----- img2img in the player ---------------------------------------------------------------------------------
+def _red_circle(size: int = 32) -> torch.Tensor:
+    from course_lib.data import Attributes
+    from course_lib.data.shapes import render
+
+    return render(Attributes("circle", "red", "large", "left", "black"), size)  # (3, size, size)
+
+
+def test_player_img2img_matches_generate_and_strength_picks_the_steps(t2i_player, t2i_checkpoints):
+    from course_lib.generate import generate
+
+    p, red = t2i_player, _red_circle()
+    assert p.strength_slider.disabled and p.clear_button.disabled  # no input image yet
+    p.steps_slider.value = 10
+    p.set_image(red)
+    assert not p.strength_slider.disabled and p.cache_key() == (10, "ddim", 0, "a red circle", 5.0, 1, 0.6)
+    assert len(p.frames) == 6  # int(10 * 0.6) steps run
+    want = generate("a red circle", image=red, strength=0.6, steps=10, n=2, guidance_scale=5.0, device="cpu",
+                    directory=t2i_checkpoints).images
+    torch.testing.assert_close(p.last_images, want, rtol=0, atol=1e-5)
+    p.strength_slider.value = 0.0  # nothing redrawn: the input comes back as the one frame
+    assert torch.equal(p.last_images, red.expand(2, -1, -1, -1)) and len(p.frames) == 1
+    p.clear_button.click()  # back to plain text-to-image from noise, cached
+    assert p.input_image is None and p.strength_slider.disabled and p.cache_key() == (10, "ddim", 0, "a red circle",
+                                                                                       5.0)
+
+
+def test_player_edits_its_own_samples_and_reads_an_uploaded_png(t2i_player):
+    import datetime
+
+    from course_lib.images import png_bytes, to_uint8
+
+    p = t2i_player
+    before = p.last_images.clone()
+    p.edit_button.click()  # the samples on screen become the input
+    assert torch.equal(p.input_image, before) and p.cache_key()[-1] == 0.6
+    red = _red_circle()
+    upload = png_bytes(to_uint8(red), scale=4)  # a 128 x 128 PNG: boxed back to 32 x 32 exactly
+    p.image_upload.value = ({"name": "red.png", "type": "image/png", "size": len(upload), "content": memoryview(upload),
+                             "last_modified": datetime.datetime(2026, 1, 1)},)
+    assert torch.equal(p.input_image[0], ((red + 1) * 127.5).round() / 127.5 - 1)
+    p.image_upload.value = ({"name": "x.png", "type": "image/png", "size": 3, "content": memoryview(b"abc"),
+                             "last_modified": datetime.datetime(2026, 1, 1)},)
+    assert p.status.value.startswith("image error: cannot read these bytes as an image")
+
+
+def test_player_img2img_rejects_bad_input(t2i_player):
+    with pytest.raises(ValueError, match=r"player's image shape \(3, 32, 32\)"):
+        t2i_player.set_image(torch.zeros(3, 64, 64))
+    with pytest.raises(ValueError, match=r"strength must be a number in \[0, 1\]"):
+        DenoisingPlayer(t2i_player.model, t2i_player.schedule, strength=1.5, autorun=False)
+
+
+def test_latent_player_encodes_the_input_with_its_vae():
+    from course_lib.latent import encode_latents
+
+    p = DenoisingPlayer.from_pretrained("shapes64-latent-t2i", device="cpu", n=1, steps=4, prompt="a red circle",
+                                        autorun=False)
+    assert p.pixel_shape() == (3, 64, 64)
+    red = _red_circle(64)
+    p.strength_slider.value = 0.0
+    p.set_image(red)
+    vae = __import__("course_lib").pretrained.load_vae("shapes64-vae", "cpu")
+    torch.testing.assert_close(p.last_images, encode_latents(vae, red[None]), rtol=0, atol=1e-6)
+    p.strength_slider.value = 0.5
+    assert len(p.frames) == 2 and p.last_images.shape == (1, 4, 8, 8)

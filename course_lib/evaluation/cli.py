@@ -2,7 +2,8 @@
 sweep, print its table.
 
 samplers, pixel-vs-latent and kl also write the JSON the notebooks read (data/samplers_vs_nfe.json,
-data/pixel_vs_latent.json, data/vae_kl_sweep.json); scaling trains chapter 6's DiTs and U-Nets, writes
+data/pixel_vs_latent.json, data/vae_kl_sweep.json), cfg and steps when given -o (data/cfg_sweep.json,
+data/cfg_held_out.json, data/steps_sweep.json: chapters 3 and 2); scaling trains chapter 6's DiTs and U-Nets, writes
 data/dit_scaling.json and ships the best DiT (shapes64-latent-dit);
 ar-vs-diffusion measures chapter 8 (autoregressive vs diffusion: cost, quality, ordering) into
 data/ar_vs_diffusion.json and records each model's training FLOPs in its checkpoint's JSON;
@@ -62,6 +63,8 @@ def _parser() -> argparse.ArgumentParser:
         p.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
         p.add_argument("--checkpoint-dir", default=None, help="where the checkpoints are (default data/checkpoints)")
         p.add_argument("--device", default=None, help="cpu, cuda, mps (default: course_lib.device())")
+        p.add_argument("-o", "--output", default=None, help="also write the tables to this JSON (e.g. "
+                       f"{'data/cfg_sweep.json' if p is cfg else 'data/steps_sweep.json'}, which the notebooks read)")
     smp = sub.add_parser("samplers", help="chapter 7's table: quality against model calls (NFE) for every sampler")
     smp.add_argument("--samplers", nargs="+", default=list(SWEEP_SAMPLERS), help=f"any of {', '.join(SAMPLERS)}")
     smp.add_argument("--nfes", type=int, nargs="+", default=list(SAMPLER_NFES), help="model calls per image")
@@ -106,18 +109,47 @@ def _parser() -> argparse.ArgumentParser:
     return parser
 
 
-def _cfg(args) -> None:
+def _cfg(args) -> dict:
     settings = dict(steps=args.steps, n_per_prompt=args.per_prompt, seed=args.seed, sampler=args.sampler,
                     model=args.model, directory=args.checkpoint_dir, device=args.device, progress=True)
     scales = [int(s) if float(s).is_integer() else s for s in args.scales]
     _check_int("--held-out-draws", args.held_out_draws, 1)
     held_out = [p for k in range(args.held_out_draws)
                 for p in held_out_prompts(seed=args.held_out_seed + k)]  # 6 prompts per draw
-    tests = [] if args.held_out_only else [(f"{args.prompts} fresh prompts (seen combinations)",
-                                            fresh_prompts(args.prompts))]
-    for title, prompts in tests + [(f"held-out pairs, {len(held_out)} prompts", held_out)]:
-        print(f"\n{title}, {args.per_prompt} images each, {args.steps} {args.sampler} steps:")
-        print(cfg_sweep(scales, prompts, **settings))
+    tests = [] if args.held_out_only else [("seen combinations", fresh_prompts(args.prompts))]
+    record = {}
+    for name, prompts in tests + [("held-out pairs", held_out)]:
+        print(f"\n{name}, {len(prompts)} prompts, {args.per_prompt} images each, {args.steps} {args.sampler} steps:")
+        sweep = cfg_sweep(scales, prompts, **settings)
+        print(sweep)
+        record[name] = _sweep_record(sweep, prompts=[p.text for p in prompts], images_per_row=len(sweep.images[0]))
+    command = (f"python -m course_lib.evaluation cfg --scales {' '.join(map(str, scales))} --prompts {args.prompts} "
+               f"--per-prompt {args.per_prompt} --steps {args.steps} --sampler {args.sampler} --model {args.model} "
+               f"--held-out-draws {args.held_out_draws} --held-out-seed {args.held_out_seed} --seed {args.seed}"
+               + (" --held-out-only" if args.held_out_only else ""))
+    return _with_command(record, args, command)
+
+
+def _steps(args) -> dict:
+    sweep = steps_sweep(args.steps, args.samplers, n=args.n, seed=args.seed, model=args.model,
+                        directory=args.checkpoint_dir, device=args.device, progress=True)
+    print(f"\n{args.n} images per run, against {args.n} real renders:")
+    print(sweep)
+    command = (f"python -m course_lib.evaluation steps --steps {' '.join(map(str, args.steps))} --samplers "
+               f"{' '.join(args.samplers)} --n {args.n} --model {args.model} --seed {args.seed}")
+    return _with_command({"sweep": _sweep_record(sweep, images_per_row=args.n)}, args, command)
+
+
+def _sweep_record(sweep, **extra) -> dict:
+    """A Sweep as JSON: its rows and its real-vs-real floor (the images stay behind)."""
+    return {"rows": sweep.rows, "baseline": sweep.baseline, **extra}
+
+
+def _with_command(record: dict, args, command: str) -> dict:
+    device = course_lib.device(args.device)
+    return {**record, "device": course_lib.device_name(device), "threads": torch.get_num_threads(),
+            "command": command + (f" --device {args.device}" if args.device else "")
+                       + (f" -o {args.output}" if args.output else "")}
 
 
 def _samplers(args, parser) -> dict:
@@ -235,13 +267,11 @@ def main(argv: list[str] | None = None) -> None:
     parser = _parser()
     args = parser.parse_args(argv)
     try:
-        if args.command == "cfg":
-            _cfg(args)
-        elif args.command == "steps":
-            sweep = steps_sweep(args.steps, args.samplers, n=args.n, seed=args.seed, model=args.model,
-                                directory=args.checkpoint_dir, device=args.device, progress=True)
-            print(f"\n{args.n} images per run, against {args.n} real renders:")
-            print(sweep)
+        if args.command in ("cfg", "steps"):
+            record = (_cfg if args.command == "cfg" else _steps)(args)
+            if args.output:
+                Path(args.output).write_text(json.dumps(record, indent=2) + "\n")
+                print(f"wrote {args.output}")
         elif args.command == "floors":
             _floors(args)
         elif args.command == "scaling":

@@ -6,6 +6,10 @@ back to an earlier setting (or scrubbing the frame slider) is instant. No diffus
 
 With a `text_encoder` (a text-to-image U-Net, e.g. `DenoisingPlayer.from_pretrained("shapes32-t2i")`) the player
 also shows a prompt box and a guidance_scale slider; classifier-free guidance is `course_lib.guidance.GuidedModel`.
+
+img2img (SDEdit): an input image (the `image=` argument, an uploaded PNG, or "edit these samples") is noised to the
+timestep a strength slider picks and denoised from there (`samplers.strength_timesteps`, `schedule.add_noise`), as
+`generate(image=, strength=)` does; a latent model's player encodes it with `encode` first.
 """
 from __future__ import annotations
 
@@ -17,9 +21,9 @@ import torch
 
 from .. import device_of, pretrained
 from ..guidance import GuidedModel
-from ..latent import latent_decoder
-from ..samplers import SAMPLERS, StepRecord, get_sampler, make_timesteps
-from ..images import grid, label_rows, png_bytes, to_uint8, upscale
+from ..latent import latent_decoder, latent_encoder
+from ..samplers import SAMPLERS, StepRecord, get_sampler, make_timesteps, strength_timesteps
+from ..images import grid, label_rows, png_bytes, read_image, to_uint8, upscale
 
 MAX_STEPS = 100  # the steps slider's upper end
 MAX_GUIDANCE_SCALE = 20.0  # the guidance_scale slider's upper end (step 0.5)
@@ -39,12 +43,15 @@ class DenoisingPlayer(widgets.VBox):
 
     def __init__(self, model, schedule, *, n: int = 4, image_size: int = 32, channels: int = 3, steps: int = 20,
                  sampler: str = "ddim", seed: int = 0, decode=None, device=None, eps_model=None, scale: int = 3,
-                 autorun: bool = True, text_encoder=None, prompt: str = "", guidance_scale: float = 5.0):
+                 autorun: bool = True, text_encoder=None, prompt: str = "", guidance_scale: float = 5.0,
+                 image=None, strength: float = 0.6, encode=None):
         # model(x_t, t) -> eps, or pass eps_model (e.g. classifier-free guidance wrapped around the model);
         # n samples of (channels, image_size, image_size); decode(latents) -> images in [-1, 1] for display;
         # scale: integer pixel upscale of the PNG frames; autorun: sample once right away so there is a picture.
         # text_encoder(prompt) -> (tokens (1, L, D), mask (1, L)) for a text-conditional model(x_t, t, cond=,
         # cond_mask=): adds a prompt box ("" = unconditional) and a guidance_scale slider (1 = no guidance).
+        # image: img2img input, (3, H, W) or (1 or n, 3, H, W) in [-1, 1] (decoded size for a latent model), with
+        # strength in [0, 1]; encode(images) -> latents for a latent model (from_pretrained sets it).
         _check_int("n", n, 1, 64)
         _check_int("image_size", image_size, 1, 4096)
         _check_int("channels", channels, 1, 64)
@@ -63,7 +70,8 @@ class DenoisingPlayer(widgets.VBox):
                 or not 0 <= guidance_scale <= MAX_GUIDANCE_SCALE:
             raise ValueError(f"guidance_scale must be a number in [0, {MAX_GUIDANCE_SCALE:g}] (1 = no guidance), "
                              f"got {guidance_scale!r}")
-        self.model, self.schedule, self.decode = model, schedule, decode
+        strength_timesteps([], strength)  # ValueError unless strength is a number in [0, 1]
+        self.model, self.schedule, self.decode, self.encode = model, schedule, decode, encode
         self.n, self.image_size, self.channels, self.scale = n, image_size, channels, scale
         self.device = torch.device(device) if device is not None else device_of(model)
         self.eps_model = eps_model if eps_model is not None else (lambda x, t: self.model(x, t))
@@ -73,6 +81,8 @@ class DenoisingPlayer(widgets.VBox):
         self.trajectory: Trajectory | None = None  # the one on screen
         self.last_images: torch.Tensor | None = None
         self._running = False
+        self.input_image: torch.Tensor | None = None  # img2img input (1 or n, 3, H, W) on the CPU, or None
+        self._image_version = 0  # part of cache_key: a new input image means new trajectories
 
         self.steps_slider = widgets.IntSlider(value=steps, min=1, max=MAX_STEPS, description="steps",
                                               continuous_update=False)
@@ -92,7 +102,18 @@ class DenoisingPlayer(widgets.VBox):
         self.guidance_slider = widgets.FloatSlider(value=guidance_scale, min=0.0, max=MAX_GUIDANCE_SCALE, step=0.5,
                                                    description="guidance_scale", continuous_update=False,
                                                    readout_format=".1f", style={"description_width": "initial"})
-        controls = [self.steps_slider, self.sampler_dropdown, self.seed_box]
+        # img2img: an input image (upload a PNG, or edit the samples on screen) and how much of it to redraw
+        self.strength_slider = widgets.FloatSlider(value=strength, min=0.0, max=1.0, step=0.05, description="strength",
+                                                   continuous_update=False, readout_format=".2f", disabled=True)
+        self.image_upload = widgets.FileUpload(accept="image/*", multiple=False, description="input image")
+        self.edit_button = widgets.Button(description="edit these samples", tooltip="use the final images on screen "
+                                          "as the input image (img2img)")
+        self.clear_button = widgets.Button(description="no input image", disabled=True)
+        self.image_upload.observe(self._on_upload, names="value")
+        self.edit_button.on_click(lambda _: self.set_image(None if self.last_images is None
+                                                           else self._displayable(self.last_images).cpu()))
+        self.clear_button.on_click(lambda _: self.set_image(None))
+        controls = [self.steps_slider, self.sampler_dropdown, self.seed_box, self.strength_slider]
         if text_encoder is not None:
             controls += [self.prompt_box, self.guidance_slider]
         for w in controls:
@@ -102,8 +123,11 @@ class DenoisingPlayer(widgets.VBox):
         if text_encoder is not None:
             rows.insert(0, widgets.HBox([self.prompt_box, self.guidance_slider]))
             self.conditioning()  # a bad initial prompt is the caller's error: raise it now
+        rows.append(widgets.HBox([self.image_upload, self.edit_button, self.clear_button, self.strength_slider]))
         scrub = widgets.HBox([self.play, self.frame_slider, self.status])
         super().__init__([*rows, self.image, scrub])
+        if image is not None:
+            self.set_image(image, run=False)
         self.layout.align_items = "flex-start"  # show the PNG at its own pixel size, not stretched to the cell
         self.add_class("course-denoising-player")
         if autorun:
@@ -124,15 +148,45 @@ class DenoisingPlayer(widgets.VBox):
                         text_encoder=pretrained.load_text_encoder(p, directory=directory))
         if "decode" not in kwargs:
             defaults["decode"] = latent_decoder(p, directory=directory)  # None for pixel models
+        if "encode" not in kwargs:
+            defaults["encode"] = latent_encoder(p, directory=directory)  # None for pixel models
         return cls(p.model, p.schedule, **{**defaults, **kwargs})
 
     # ----- public -------------------------------------------------------------------------
     def cache_key(self) -> tuple:
-        """What identifies a trajectory: steps, sampler, seed (+ prompt and guidance_scale with a text encoder)."""
+        """What identifies a trajectory: steps, sampler, seed (+ prompt and guidance_scale with a text encoder, + the
+        input image and strength for img2img)."""
         key = (int(self.steps_slider.value), self.sampler_dropdown.value, int(self.seed_box.value))
         if self.text_encoder is not None:
             key += (self.prompt_box.value, float(self.guidance_slider.value))
+        if self.input_image is not None:
+            key += (self._image_version, float(self.strength_slider.value))
         return key
+
+    def set_image(self, image, run: bool = True) -> None:
+        """img2img from `image` ((3, H, W) or (1 or n, 3, H, W) in [-1, 1], the size the player shows; None: back to
+        plain sampling from noise). The strength slider then picks how much of it is redrawn."""
+        if image is not None:
+            image = image[None] if isinstance(image, torch.Tensor) and image.dim() == 3 else image
+            want = self.pixel_shape()
+            if not isinstance(image, torch.Tensor) or image.dim() != 4 or tuple(image.shape[1:]) != want \
+                    or image.shape[0] not in (1, self.n):
+                got = tuple(image.shape) if isinstance(image, torch.Tensor) else type(image).__name__
+                raise ValueError(f"image must be a tensor (3, H, W) or (1 or {self.n}, 3, H, W) in [-1, 1] of the "
+                                 f"player's image shape {want}, got {got}")
+            image = image.detach().float().cpu()
+        self.input_image = image
+        self._image_version += 1
+        self.strength_slider.disabled = self.clear_button.disabled = image is None
+        if run:
+            self.run()
+
+    def pixel_shape(self) -> tuple[int, int, int]:
+        """(3, H, W) of the images on screen: the samples' shape, or what `decode` turns a latent into."""
+        if self.decode is None:
+            return 3, self.image_size, self.image_size
+        zeros = torch.zeros(1, self.channels, self.image_size, self.image_size, device=self.device)
+        return (3, *self._displayable(zeros).shape[-2:])
 
     def conditioning(self) -> tuple[tuple[torch.Tensor, torch.Tensor], tuple[torch.Tensor, torch.Tensor]] | None:
         """((tokens, mask) of the prompt, (tokens, mask) of ""), each encoded once; None without a text encoder.
@@ -172,10 +226,15 @@ class DenoisingPlayer(widgets.VBox):
         return x.to(self.device, _model_dtype(self.model)), gen
 
     def render(self, record: StepRecord) -> bytes:
-        """One frame: the n current samples x_t on top, the model's predicted x0 below."""
+        """One frame: the n current samples x_t on top, the model's predicted x0 below (and the img2img input above
+        both when there is one)."""
         rows = [self._displayable(record.x_t), self._displayable(record.x0)]
-        tiles = grid(to_uint8(torch.cat(rows)), nrow=self.n)  # (2 rows, n columns) of images
-        return png_bytes(label_rows(upscale(tiles, self.scale), ["x_t", "predicted x0"]))
+        labels = ["x_t", "predicted x0"]
+        if self.input_image is not None:
+            rows.insert(0, self.input_image.expand(self.n, -1, -1, -1))  # (n, 3, H, W)
+            labels.insert(0, "input image")
+        tiles = grid(to_uint8(torch.cat(rows)), nrow=self.n)  # (rows, n columns) of images
+        return png_bytes(label_rows(upscale(tiles, self.scale), labels))
 
     # ----- internals ----------------------------------------------------------------------
     def _sample(self) -> Trajectory:
@@ -183,6 +242,9 @@ class DenoisingPlayer(widgets.VBox):
         steps, name = int(self.steps_slider.value), self.sampler_dropdown.value
         traj = Trajectory()
         timesteps = make_timesteps(self.schedule, steps)
+        if self.input_image is not None:  # img2img: only the last int(steps * strength) steps run
+            timesteps = strength_timesteps(timesteps, float(self.strength_slider.value))
+            steps = max(len(timesteps), 1)  # strength 0: one frame, the input itself
         start = time.perf_counter()
         self._running = True
         self._set_frame_range(steps)
@@ -201,6 +263,13 @@ class DenoisingPlayer(widgets.VBox):
         x, gen = self.noise()  # gen also draws DDPM's per-step noise, so one seed fixes the whole run
         try:
             with torch.no_grad():
+                if self.input_image is not None:
+                    init = self._start_of_img2img(x)
+                    if len(timesteps) == 0:  # strength 0: nothing is redrawn, the input is the result
+                        on_step(StepRecord(step=0, t=0, x_t=init, x0=init))
+                        traj.final = init
+                        return traj
+                    x = self.schedule.add_noise(init, x, int(timesteps[0]))
                 traj.final = get_sampler(name)(self.guided_eps_model(), x, self.schedule, timesteps,
                                                callback=on_step, generator=gen)
         except Exception as e:
@@ -209,6 +278,26 @@ class DenoisingPlayer(widgets.VBox):
         finally:
             self._running = False
         return traj
+
+    def _start_of_img2img(self, x_T: torch.Tensor) -> torch.Tensor:
+        """The input image where the sampler works (latents for a latent model), one per sample, shaped like x_T."""
+        image = self.input_image.to(self.device)
+        if self.decode is not None:
+            if self.encode is None:
+                raise ValueError("img2img with a latent model needs encode=(images -> latents); "
+                                 "DenoisingPlayer.from_pretrained sets it from the checkpoint's VAE")
+            image = self.encode(image)
+        return image.to(x_T.device, x_T.dtype).expand_as(x_T)  # (n, C, h, w)
+
+    def _on_upload(self, change=None) -> None:
+        """A PNG/JPEG from the upload button becomes the input image, resized to the player's size."""
+        files = self.image_upload.value
+        if not files:
+            return
+        try:
+            self.set_image(read_image(bytes(files[0]["content"]), self.pixel_shape()[1:]))
+        except ValueError as e:
+            self.status.value = f"image error: {e}"
 
     def _show_trajectory(self, traj: Trajectory) -> None:
         """Put a finished trajectory on screen, parked on its last frame, ready to scrub."""
