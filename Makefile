@@ -5,13 +5,15 @@ VENV   ?= .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed
 
-# Test runs never touch a model hub and never open a plotting window.
-export HF_HUB_OFFLINE := 1
+# Test runs never open a plotting window. They never need the network either: conftest.py switches it off for
+# every process of the run (tests/offline/sitecustomize.py), so nothing can download behind our back.
 export MPLBACKEND := Agg
+# JupyterLab saves widget state with the notebook (a reopened notebook shows the last picture, not an error).
+LAB_OVERRIDES := $(VENV)/share/jupyter/lab/settings/overrides.json
 
 .PHONY: lab test test-fast mutation setup clean
 
-setup: $(STAMP)
+setup: $(STAMP) $(LAB_OVERRIDES)
 
 $(STAMP): requirements.txt pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -20,12 +22,16 @@ $(STAMP): requirements.txt pyproject.toml
 	$(PY) -m pip install --no-deps -e .
 	touch $(STAMP)
 
+$(LAB_OVERRIDES): jupyter/overrides.json $(STAMP)
+	mkdir -p $(dir $@)
+	cp jupyter/overrides.json $@
+
 # Inside containers people often are root, which Jupyter refuses without --allow-root.
-lab: $(STAMP)
+lab: $(STAMP) $(LAB_OVERRIDES)
 	$(VENV)/bin/jupyter lab notebooks/ $(if $(filter 0,$(shell id -u)),--allow-root)
 
 # Unit tests, every notebook re-executed by nbval, and the real-browser widget tests.
-test: $(STAMP)
+test: $(STAMP) $(LAB_OVERRIDES)
 	$(PY) -m pytest -q tests notebooks --nbval-lax --nbval-current-env -p no:cacheprovider
 
 # Everything except the browser and notebooks: the quick loop while editing course_lib.

@@ -257,7 +257,7 @@ def jupyter_server(tmp_path_factory):
         # jupyterlab_widgets) and the python3 kernelspec under sys.prefix/share/jupyter are still found.
         JUPYTER_CONFIG_DIR=str(dirs["config"]), JUPYTER_DATA_DIR=str(dirs["data"]),
         JUPYTER_RUNTIME_DIR=str(dirs["runtime"]), JUPYTERLAB_WORKSPACES_DIR=str(dirs["workspaces"]),
-        JUPYTERLAB_SETTINGS_DIR=str(dirs["settings"]), MPLBACKEND="Agg", HF_HUB_OFFLINE="1",
+        JUPYTERLAB_SETTINGS_DIR=str(dirs["settings"]), MPLBACKEND="Agg",
         PYTHONPATH=os.pathsep.join(p for p in (str(REPO), env.get("PYTHONPATH", "")) if p),
     )
     port = _free_port()

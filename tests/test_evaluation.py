@@ -132,6 +132,10 @@ def test_cfg_sweep_table_shape(small_cfg_sweep):
     short = sweep.table(["guidance_scale", "frechet_distance"]).splitlines()
     assert len(short) == 5 and short[0].split() == ["guidance_scale", "frechet_distance"]
     assert short[-1] == f"real renders vs real renders: frechet_distance {sweep.baseline['frechet_distance']:.3f}"
+    narrow = sweep.table({"guidance_scale": "s", "frechet_distance": "FD"}).splitlines()  # headers for a notebook
+    assert narrow[0].split() == ["s", "FD"] and max(len(line) for line in narrow[:4]) < len(short[0])
+    assert narrow[-1] == f"real renders vs real renders: FD {sweep.baseline['frechet_distance']:.3f}"
+    assert [line.split() for line in narrow[1:4]] == [line.split() for line in short[1:4]]
     with pytest.raises(KeyError, match="no column 'fid'"):
         sweep.table(["fid"])
 

@@ -178,7 +178,7 @@ def test_cli_runs_as_a_module(tmp_path):
     """`python -m course_lib.generate`: a missing checkpoint is an argparse error naming the retrain command."""
     result = subprocess.run([sys.executable, "-m", "course_lib.generate", PROMPT, "-o", str(tmp_path / "x.png"),
                              "--checkpoint-dir", str(tmp_path)], cwd=REPO, capture_output=True, text=True,
-                            timeout=300, env={**os.environ, "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1"})
+                            timeout=300, env={**os.environ, "OMP_NUM_THREADS": "1"})
     assert result.returncode == 2
     assert "retrain it with: python -m course_lib.train shapes32-t2i" in result.stderr
     assert "Traceback" not in result.stderr

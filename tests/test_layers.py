@@ -24,7 +24,8 @@ LAYERS = [
     ("metrics", ["course_lib.metrics"]),
     ("recipes", ["course_lib.floors", "course_lib.tasks", "course_lib.recipes", "course_lib.train"]),
     ("evaluation, bench", ["course_lib.evaluation", "course_lib.bench", "course_lib.scale"]),
-    ("exercises", ["course_lib.exercises", "course_lib.exercises_ar"]),
+    ("exercises", ["course_lib.exercises", "course_lib.exercises_denoising", "course_lib.exercises_guidance",
+                   "course_lib.exercises_latent", "course_lib.exercises_ar"]),
 ]
 
 

@@ -36,6 +36,9 @@ KL_SWEEP_PATH = CHECKPOINT_DIR.parent / "vae_kl_sweep.json"  # chapter 4's KL-we
 SAMPLERS_PATH = CHECKPOINT_DIR.parent / "samplers_vs_nfe.json"  # chapter 7's table
 SCALING_PATH = CHECKPOINT_DIR.parent / "dit_scaling.json"  # chapter 6's curves and fit
 AR_PATH = CHECKPOINT_DIR.parent / "ar_vs_diffusion.json"  # chapter 8's tables
+STEPS_SWEEP_PATH = CHECKPOINT_DIR.parent / "steps_sweep.json"  # chapter 2's 256-image step-count table (-o)
+CFG_SWEEP_PATH = CHECKPOINT_DIR.parent / "cfg_sweep.json"  # chapter 3's bigger guidance sweep (-o)
+CFG_HELD_OUT_PATH = CHECKPOINT_DIR.parent / "cfg_held_out.json"  # chapter 3's 192 held-out-pair images (-o)
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -64,7 +67,7 @@ def _parser() -> argparse.ArgumentParser:
         p.add_argument("--checkpoint-dir", default=None, help="where the checkpoints are (default data/checkpoints)")
         p.add_argument("--device", default=None, help="cpu, cuda, mps (default: course_lib.device())")
         p.add_argument("-o", "--output", default=None, help="also write the tables to this JSON (e.g. "
-                       f"{'data/cfg_sweep.json' if p is cfg else 'data/steps_sweep.json'}, which the notebooks read)")
+                       f"{CFG_SWEEP_PATH if p is cfg else STEPS_SWEEP_PATH}, which the notebooks read)")
     smp = sub.add_parser("samplers", help="chapter 7's table: quality against model calls (NFE) for every sampler")
     smp.add_argument("--samplers", nargs="+", default=list(SWEEP_SAMPLERS), help=f"any of {', '.join(SAMPLERS)}")
     smp.add_argument("--nfes", type=int, nargs="+", default=list(SAMPLER_NFES), help="model calls per image")

@@ -10,6 +10,7 @@ lives in metrics, guidance and samplers, the timings in bench; this module only 
 from __future__ import annotations
 
 import dataclasses
+import textwrap
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -60,18 +61,23 @@ class Sweep:
         return self.rows[self.index(**setting)]
 
     def table(self, columns=None) -> str:
-        """The rows as fixed-width text (all columns, or the ones named), then the real-renders baseline."""
-        columns = list(columns) if columns is not None else (list(self.rows[0]) if self.rows else [])
-        for c in columns:
+        """The rows as fixed-width text (all columns, or the ones named), then the real-renders baseline.
+
+        columns: a list of keys, or a dict {key: short header} for a table narrow enough for a notebook cell."""
+        if columns is None:
+            columns = list(self.rows[0]) if self.rows else []
+        headers = dict(columns) if isinstance(columns, dict) else {c: c for c in columns}
+        for c in headers:
             self.column(c)  # KeyError naming the valid columns
-        width = {c: max(len(c), 7) for c in columns}
-        lines = ["  ".join(c.rjust(width[c]) for c in columns)]
+        width = {c: max(len(h), 7) for c, h in headers.items()}
+        lines = ["  ".join(h.rjust(width[c]) for c, h in headers.items())]
         for row in self.rows:
             lines.append("  ".join((f"{row[c]:.3f}" if isinstance(row[c], float) else str(row[c])).rjust(width[c])
-                                   for c in columns))
-        baseline = {k: v for k, v in self.baseline.items() if k in columns}
+                                   for c in headers))
+        baseline = {headers[k]: v for k, v in self.baseline.items() if k in headers}
         if baseline:
-            lines.append("real renders vs real renders: " + ", ".join(f"{k} {v:.3f}" for k, v in baseline.items()))
+            text = "real renders vs real renders: " + ", ".join(f"{k} {v:.3f}" for k, v in baseline.items())
+            lines.extend(textwrap.wrap(text, width=max(len(lines[0]), 80), subsequent_indent="  "))
         return "\n".join(lines)
 
     def __str__(self) -> str:
