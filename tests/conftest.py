@@ -376,6 +376,10 @@ class LabPage:
         assert not result["errors"], f"a notebook cell raised {result['errors'][0]} (see the failure screenshot / HTML)"
         assert result["unrun"] == 0, f"Run All Cells left {result['unrun']} of {result['total']} code cells unrun"
 
+    def shutdown_kernels(self) -> None:
+        """Stop every kernel of the server (the notebook's live widget models go with them)."""
+        _shutdown_kernels(self.server)
+
     def widget(self, css_class: str, timeout_s: float = NOTEBOOK_RUN_TIMEOUT_S):
         """The (first) rendered widget with this CSS class, once visible and showing its image."""
         loc = self.page.locator(f".{css_class}").first

@@ -83,6 +83,38 @@ def test_denoising_player_reruns_on_steps_key(lab, tmp_path):
     lab.screenshot(tmp_path / "denoising_player.png", player)
 
 
+def test_a_saved_notebook_reopens_with_the_players_picture_not_an_error(lab, tmp_path):
+    """JupyterLab saves widget state with the notebook (jupyter/overrides.json, installed by make): reopened with a
+    fresh kernel, the player's output shows its last picture instead of 'Error displaying widget: model not found'."""
+    import json
+    import shutil
+
+    nb = _notebook("from course_lib import pretrained\n"
+                   "from course_lib.widgets import DenoisingPlayer\n"
+                   "p = pretrained.load('shapes32-unet')",
+                   "player = DenoisingPlayer(p.model, p.schedule, steps=3, n=2)\nplayer")
+    name = lab.server.add_notebook(name="saved.ipynb", nb=nb)
+    lab.open(name)
+    lab.run_all()
+    lab.widget("course-denoising-player").locator(".widget-label", has_text="step 3/3").wait_for(timeout=60_000)
+    lab.page.evaluate("() => window.jupyterapp.commands.execute('docmanager:save')")
+    saved = lab.server.root / name
+    for _ in range(120):  # the save is asynchronous: wait for the widget state in the file
+        state = json.loads(saved.read_text()).get("metadata", {}).get("widgets", {})
+        if state:
+            break
+        lab.page.wait_for_timeout(250)
+    assert "application/vnd.jupyter.widget-state+json" in state, "JupyterLab did not save the widget state"
+    lab.shutdown_kernels()  # the live widget models are gone with the kernel
+    shutil.copy(saved, lab.server.root / "reopened.ipynb")
+    lab.open("reopened.ipynb")  # a fresh kernel that never ran the cells
+    restored = lab.page.locator(".course-denoising-player img").first
+    restored.wait_for(state="visible", timeout=60_000)
+    assert restored.get_attribute("src"), "the saved picture is not shown"
+    assert lab.page.get_by_text("Error displaying widget").count() == 0
+    lab.screenshot(tmp_path / "reopened_player.png", lab.page.locator(".course-denoising-player").first)
+
+
 def _displayed_pixels(img):
     """What the <img> shows right now, as an RGB array (a screenshot of the element, so it is what a student sees)."""
     import io
