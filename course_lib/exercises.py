@@ -1,7 +1,7 @@
 """Check cells for the notebooks' exercises: each checker compares a student's answer with course_lib.
 
 A checker returns quietly when the answer is right and raises `AssertionError` with a hint when it is wrong,
-so a notebook cell `check_add_noise(my_add_noise)` fails loudly on a wrong answer. The checkers never reveal
+so a notebook cell `check_two_steps(my_two_steps)` fails loudly on a wrong answer. The checkers never reveal
 the reference code; they compare numbers on random inputs.
 """
 from __future__ import annotations
@@ -25,15 +25,31 @@ def _close(got, want, what: str, hint: str, atol: float = 1e-5) -> None:
         raise AssertionError(f"{what}: off by up to {err:.3g} (tolerance {atol:g}). {hint}")
 
 
-def check_add_noise(fn: Callable) -> None:
-    """Chapter 1: `fn(x0, eps, alpha_bar_t)` must return x_t = sqrt(alpha_bar_t) x0 + sqrt(1 - alpha_bar_t) eps."""
-    g = torch.Generator().manual_seed(0)
-    x0, eps = torch.randn(4, 3, 8, 8, generator=g), torch.randn(4, 3, 8, 8, generator=g)
-    for alpha_bar_t in (0.999, 0.5, 0.3, 0.01):
-        want = alpha_bar_t**0.5 * x0 + (1 - alpha_bar_t) ** 0.5 * eps
-        _close(fn(x0, eps, alpha_bar_t), want, f"alpha_bar_t={alpha_bar_t}",
-               "Both coefficients are square roots: the *variances* alpha_bar and 1 - alpha_bar add up to 1.")
-    print("✓ add_noise is right")
+def check_two_steps(fn: Callable) -> None:
+    """Chapter 1: `fn(beta_1, beta_2)` must return (signal_scale, noise_std) of x_2 = signal_scale * x0 +
+    noise_std * eps after two forward steps x_1 = sqrt(1 - beta_1) x0 + sqrt(beta_1) eps_1, x_2 = sqrt(1 - beta_2)
+    x_1 + sqrt(beta_2) eps_2 (eps_1, eps_2 independent): a derivation, checked on several pairs of betas."""
+    for beta_1, beta_2 in ((0.1, 0.3), (0.02, 0.5), (0.6, 0.05)):
+        got = fn(beta_1, beta_2)
+        if not isinstance(got, (tuple, list)) or len(got) != 2:
+            raise AssertionError("return two numbers: (signal_scale, noise_std)")
+        scale, std = (float(v) for v in got)
+        keep = (1 - beta_1) * (1 - beta_2)  # the share of the signal's variance that survives both steps
+        if abs(scale - keep) < 1e-6:
+            raise AssertionError("signal_scale: the steps multiply x0 by square roots, sqrt(1 - beta) each")
+        if abs(scale - keep**0.5) > 1e-6:
+            raise AssertionError(f"betas {beta_1}, {beta_2}: signal_scale {scale:.4f} is not right yet; "
+                                 f"substitute x_1 into x_2 and collect the x0 terms")
+        if abs(std - (beta_1 + beta_2) ** 0.5) < 1e-6:
+            raise AssertionError("noise_std: the first step's noise passes through the second step too, so it is "
+                                 "shrunk by sqrt(1 - beta_2) like the signal")
+        if abs(std - (((1 - beta_2) * beta_1) ** 0.5 + beta_2**0.5)) < 1e-6:
+            raise AssertionError("noise_std: independent Gaussian noises add their *variances*, not their "
+                                 "standard deviations")
+        if abs(std - (1 - keep) ** 0.5) > 1e-6:
+            raise AssertionError(f"betas {beta_1}, {beta_2}: noise_std {std:.4f} is not right yet; add the "
+                                 f"variances of the two noise terms")
+    print("✓ two steps are one step with alpha_bar = (1 - beta_1)(1 - beta_2): signal and noise variances add to 1")
 
 
 def check_alphas_cumprod(fn: Callable) -> None:
@@ -206,44 +222,6 @@ def check_recall_at_k(fn: Callable) -> None:
                         "entry is among their k largest, divide by N.")
             raise AssertionError(f"k={k}: got {got:.4f}, expected {want:.4f}. {hint}")
     print("✓ recall@k is right")
-
-
-# ----- chapter 4: latent diffusion ---------------------------------------------------------------------------------
-def check_compression(fn: Callable) -> None:
-    """fn(image_shape (C, H, W), down_factor, latent_channels) -> how many times fewer numbers the latent holds."""
-    cases = [((3, 512, 512), 8, 4, 48.0), ((3, 768, 768), 8, 4, 48.0), ((3, 1024, 1024), 8, 16, 12.0),
-             ((3, 64, 64), 4, 3, 16.0), ((1, 28, 28), 7, 1, 49.0)]
-    for shape, f, c, want in cases:
-        got = fn(shape, f, c)
-        if not isinstance(got, (int, float)) and not (isinstance(got, torch.Tensor) and got.numel() == 1):
-            raise AssertionError(f"return one number, got {type(got).__name__}")
-        got = float(got)
-        if c != shape[0] and math.isclose(got, want * c / shape[0]):
-            raise AssertionError(f"{shape}, f={f}, {c} latent channels: {got:g} ignores the channels "
-                                 f"(an image has {shape[0]}, the latent {c})")
-        if math.isclose(got, want / f):
-            raise AssertionError(f"{shape}, f={f}: {got:g}; the factor f shrinks height AND width: f**2 per channel")
-        if math.isclose(got, 1.0 / want):
-            raise AssertionError(f"{shape}: {got:g} is upside down: image numbers / latent numbers")
-        if not math.isclose(got, want, rel_tol=1e-6):
-            raise AssertionError(f"{shape}, f={f}, {c} latent channels: expected {want:g}, got {got:g}")
-
-
-def check_scaling(to_diffusion: Callable, from_diffusion: Callable, scaling_factor: float) -> None:
-    """to_diffusion(z, s): VAE latents -> what the denoiser sees; from_diffusion(z, s): back, for the decoder."""
-    z = torch.randn(4, 4, 8, 8, generator=torch.Generator().manual_seed(0)) / scaling_factor  # std 1/s
-    got = to_diffusion(z, scaling_factor)
-    if not isinstance(got, torch.Tensor) or got.shape != z.shape:
-        raise AssertionError("to_diffusion must return a tensor shaped like z")
-    if torch.allclose(got, z / scaling_factor):
-        raise AssertionError("to_diffusion divides; the factor is 1 / std(z), so MULTIPLY to get unit variance")
-    _close(got, z * scaling_factor, "to_diffusion(z, s)", "z * scaling_factor")
-    back = from_diffusion(got, scaling_factor)
-    if not isinstance(back, torch.Tensor) or back.shape != z.shape:
-        raise AssertionError("from_diffusion must return a tensor shaped like its input")
-    if torch.allclose(back, got * scaling_factor):
-        raise AssertionError("from_diffusion multiplies again; undo the scaling: divide by scaling_factor")
-    _close(back, z, "from_diffusion(to_diffusion(z, s), s)", "z (the round trip must give z back)")
 
 
 # ----- chapter 7: samplers as ODE solvers --------------------------------------------------------------------

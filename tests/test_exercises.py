@@ -2,22 +2,24 @@
 import pytest
 import torch
 
-from course_lib import exercises as ex
-from course_lib.exercises import check_add_noise, check_alphas_cumprod, check_first_t
+from course_lib.exercises import check_alphas_cumprod, check_first_t, check_two_steps
 from course_lib.schedules import NoiseSchedule
 
 
-def test_add_noise_checker():
-    check_add_noise(lambda x0, eps, ab: ab**0.5 * x0 + (1 - ab) ** 0.5 * eps)
+def test_two_steps_checker_wants_the_derivation_and_names_the_usual_slips(capsys):
+    check_two_steps(lambda b1, b2: (((1 - b1) * (1 - b2)) ** 0.5, (1 - (1 - b1) * (1 - b2)) ** 0.5))
+    assert "✓" in capsys.readouterr().out
+    right_scale = lambda b1, b2: ((1 - b1) * (1 - b2)) ** 0.5  # noqa: E731
     wrong = {
-        "no square roots": lambda x0, eps, ab: ab * x0 + (1 - ab) * eps,
-        "swapped": lambda x0, eps, ab: (1 - ab) ** 0.5 * x0 + ab**0.5 * eps,
-        "variance not preserved": lambda x0, eps, ab: x0 + (1 - ab) ** 0.5 * eps,
-        "returns a float": lambda x0, eps, ab: 0.0,
+        "no square roots": (lambda b1, b2: ((1 - b1) * (1 - b2), 0.5), "square roots"),
+        "first noise not shrunk": (lambda b1, b2: (right_scale(b1, b2), (b1 + b2) ** 0.5), "shrunk by sqrt"),
+        "stds added": (lambda b1, b2: (right_scale(b1, b2), ((1 - b2) * b1) ** 0.5 + b2**0.5), "variances"),
+        "scale only of the last step": (lambda b1, b2: ((1 - b2) ** 0.5, 0.5), "collect the x0 terms"),
+        "one number": (lambda b1, b2: 0.5, "two numbers"),
     }
-    for name, fn in wrong.items():
-        with pytest.raises(AssertionError):
-            check_add_noise(fn)
+    for name, (fn, hint) in wrong.items():
+        with pytest.raises(AssertionError, match=hint):
+            check_two_steps(fn)
 
 
 def test_alphas_cumprod_checker():
@@ -143,34 +145,6 @@ def test_recall_at_k_checker():
     for name, (fn, message) in wrong.items():
         with pytest.raises(AssertionError, match=message):
             check_recall_at_k(fn)
-
-
-# ----- chapter 4 -----------------------------------------------------------------------------------------------
-def _compression(shape, f, c):
-    C, H, W = shape
-    return C * H * W / (c * (H // f) * (W // f))
-
-
-@pytest.mark.parametrize("wrong, hint", [
-    (lambda s, f, c: s[1] * s[2] / ((s[1] // f) * (s[2] // f)), "ignores the channels"),
-    (lambda s, f, c: s[0] * s[1] * s[2] / (c * s[1] * s[2] / f), "AND width"),
-    (lambda s, f, c: 1 / _compression(s, f, c), "upside down"),
-    (lambda s, f, c: "48", "one number"),
-])
-def test_check_compression_accepts_the_answer_and_names_the_usual_mistakes(wrong, hint):
-    ex.check_compression(_compression)
-    with pytest.raises(AssertionError, match=hint):
-        ex.check_compression(wrong)
-
-
-def test_check_scaling_accepts_the_answer_and_catches_the_inverted_factor():
-    ex.check_scaling(lambda z, s: z * s, lambda z, s: z / s, 0.5687)
-    with pytest.raises(AssertionError, match="MULTIPLY"):
-        ex.check_scaling(lambda z, s: z / s, lambda z, s: z * s, 0.5687)
-    with pytest.raises(AssertionError, match="divide by scaling_factor"):
-        ex.check_scaling(lambda z, s: z * s, lambda z, s: z * s, 0.5687)
-    with pytest.raises(AssertionError, match="round trip"):
-        ex.check_scaling(lambda z, s: z * s, lambda z, s: z, 0.5687)
 
 
 # ----- chapter 7: samplers -------------------------------------------------------------------------------------

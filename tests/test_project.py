@@ -160,3 +160,42 @@ def test_browser_tests_find_chromium_or_say_in_one_line_how_to_install_it(tmp_pa
     monkeypatch.setattr(os, "access", lambda path, mode: False)  # nothing on PATH, no /usr/bin/chromium
     with pytest.raises(RuntimeError, match=r"apt-get install chromium; macOS: brew install --cask chromium"):
         find_chromium()
+
+
+NOTEBOOKS = sorted((ROOT / "notebooks").glob("*.ipynb"))
+WIDGETS = ("DenoisingPlayer", "NoisingExplorer(", "FillPlayer(")
+
+
+def _cells(path: Path, kind: str) -> list[tuple[str, str]]:
+    return [(c.get("id"), "".join(c["source"])) for c in json.loads(path.read_text())["cells"] if c["cell_type"] == kind]
+
+
+@pytest.mark.parametrize("path", [p for p in NOTEBOOKS if p.name[:2] in ("01", "02", "03", "04", "05")],
+                         ids=lambda p: p.name)
+def test_notebook_code_is_one_statement_per_line_within_the_cell_width(path):
+    """As in course_lib: no `;`-packed lines, and at most 100 characters, so nothing runs past JupyterLab's cell."""
+    import io
+    import tokenize
+
+    for cell_id, source in _cells(path, "code"):
+        long = [line for line in source.splitlines() if len(line) > 100]
+        assert not long, f"{path.name} cell {cell_id}: {len(long[0])} characters: {long[0][:60]}..."
+        tokens = tokenize.generate_tokens(io.StringIO(source + "\n").readline)
+        assert not any(t.type == tokenize.OP and t.string == ";" for t in tokens), f"{path.name} cell {cell_id}: `;`"
+
+
+@pytest.mark.parametrize("path", NOTEBOOKS, ids=lambda p: p.name)
+def test_every_widget_cell_says_how_to_bring_the_widget_back(path):
+    """A reopened notebook shows saved widget state at best; the first line of each widget cell says to run it."""
+    widget_cells = [(i, s) for i, s in _cells(path, "code") if any(w in s for w in WIDGETS) and "import" not in s]
+    for cell_id, source in widget_cells:
+        assert source.startswith("# Run this cell to bring the "), f"{path.name} cell {cell_id} has no hint line"
+    assert widget_cells or path.name[:2] in ("05",), f"{path.name}: no widget cell found"
+
+
+@pytest.mark.parametrize("path", NOTEBOOKS, ids=lambda p: p.name)
+def test_notebooks_state_claims_in_plain_words(path):
+    """Students never saw the text the course grew from: no 'seed text' or "the seed's claim" in a notebook."""
+    for cell_id, source in _cells(path, "markdown") + _cells(path, "code"):
+        assert not re.search(r"seed text|the seed'?s (claim|text|chapter)|seed chapter", source, re.I), \
+            f"{path.name} cell {cell_id} speaks of the seed text"
