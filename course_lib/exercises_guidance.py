@@ -9,13 +9,15 @@ import torch
 from .guidance import cfg
 
 
-def _mistake(got: torch.Tensor, eps_uncond, eps_cond, s: float, atol: float) -> str | None:
-    """The usual mistake `got` matches at scale s, in words (None if it matches none of them)."""
+def _judge(got: torch.Tensor, eps_uncond, eps_cond, s: float, atol: float, not_yet: str) -> None:
+    """AssertionError naming the usual mistake `got` makes at scale s, or `not_yet` if it is wrong otherwise."""
     if torch.allclose(got, cfg(eps_uncond, eps_cond, s + 1), atol=atol):
-        return f"s={s:g}: that is Ho & Salimans' w = {s:g}; here s = 1 must give eps_cond back (w = s - 1)"
+        raise AssertionError(f"s={s:g}: that is Ho & Salimans' w = {s:g}; here s = 1 must give eps_cond back "
+                             f"(w = s - 1)")
     if torch.allclose(got, cfg(eps_cond, eps_uncond, s), atol=atol):
-        return f"s={s:g}: swapped, start from eps_uncond and move towards eps_cond"
-    return None
+        raise AssertionError(f"s={s:g}: swapped, start from eps_uncond and move towards eps_cond")
+    if not torch.allclose(got, cfg(eps_uncond, eps_cond, s), atol=atol):
+        raise AssertionError(not_yet)
 
 
 def check_cfg(fn: Callable) -> None:
@@ -27,11 +29,7 @@ def check_cfg(fn: Callable) -> None:
         got = fn(eps_uncond, eps_cond, s)
         if not isinstance(got, torch.Tensor) or got.shape != eps_uncond.shape:
             raise AssertionError(f"s={s:g}: return a tensor shaped like the predictions {tuple(eps_uncond.shape)}")
-        hint = _mistake(got, eps_uncond, eps_cond, s, atol=1e-6)
-        if hint:
-            raise AssertionError(hint)
-        if not torch.allclose(got, cfg(eps_uncond, eps_cond, s), atol=1e-6):
-            raise AssertionError(f"s={s:g}: not classifier-free guidance yet")
+        _judge(got, eps_uncond, eps_cond, s, 1e-6, f"s={s:g}: not classifier-free guidance yet")
     print("✓ my_cfg is classifier-free guidance with diffusers' guidance_scale")
 
 
@@ -46,11 +44,7 @@ def check_cfg_by_hand(at_s0, at_s1, at_s3) -> None:
             raise AssertionError(f"s={s}: give three numbers, one per channel, e.g. [0.1, 0.2, 0.3]") from None
         if got.shape != (3,):
             raise AssertionError(f"s={s}: give three numbers, one per channel")
-        hint = _mistake(got, eps_uncond, eps_cond, s, atol=1e-3)
-        if hint:
-            raise AssertionError(hint)
-        if not torch.allclose(got, cfg(eps_uncond, eps_cond, s), atol=1e-3):
-            raise AssertionError(f"s={s}: {list(answer)} is not right yet")
+        _judge(got, eps_uncond, eps_cond, s, 1e-3, f"s={s}: {list(answer)} is not right yet")
     print("✓ s = 0 gives eps_uncond, s = 1 gives eps_cond, and guidance leaves a channel alone where both agree")
 
 
