@@ -73,7 +73,8 @@ def strength_timesteps(timesteps, strength: float) -> torch.Tensor:
     pipelines keep them. The image is noised to the first of them (add_noise) and denoised from there: strength 0
     keeps no step (the image comes back unchanged), 1 keeps them all (nearly plain text-to-image)."""
     if isinstance(strength, bool) or not isinstance(strength, (int, float)) or not 0 <= strength <= 1:
-        raise ValueError(f"strength must be a number in [0, 1] (0 = the image unchanged, 1 = redrawn), got {strength!r}")
+        raise ValueError(f"strength must be a number in [0, 1] (0 = the image unchanged, 1 = redrawn), "
+                         f"got {strength!r}")
     timesteps = torch.as_tensor(timesteps)
     kept = min(int(len(timesteps) * strength), len(timesteps))
     return timesteps[len(timesteps) - kept:]  # (kept,)

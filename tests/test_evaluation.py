@@ -242,14 +242,23 @@ def test_sweep_lookups_name_the_problem():
 
 
 # ----- command line ------------------------------------------------------------------------------------------------
-def test_command_line_prints_both_tables(t2i_checkpoints, capsys):
+def test_command_line_prints_both_tables_and_writes_them_with_o(t2i_checkpoints, capsys, tmp_path):
     main(["cfg", "--scales", "0", "2", "--prompts", "2", "--per-prompt", "1", "--steps", "2",
-          "--checkpoint-dir", str(t2i_checkpoints), "--device", "cpu"])
+          "--checkpoint-dir", str(t2i_checkpoints), "--device", "cpu", "-o", str(tmp_path / "cfg.json")])
     out = capsys.readouterr().out
-    assert "2 fresh prompts" in out and "held-out pairs" in out and out.count("guidance_scale") == 2
+    assert "seen combinations, 2 prompts" in out and "held-out pairs, 6 prompts" in out
+    assert out.count("guidance_scale") == 2
+    record = json.loads((tmp_path / "cfg.json").read_text())
+    assert [r["guidance_scale"] for r in record["seen combinations"]["rows"]] == [0, 2]
+    held_out = record["held-out pairs"]
+    assert held_out["images_per_row"] == 6 and "frechet_distance" in held_out["baseline"]
+    assert record["command"].startswith("python -m course_lib.evaluation cfg --scales 0 2 --prompts 2")
     main(["steps", "--steps", "1", "2", "--samplers", "ddim", "--n", "2", "--checkpoint-dir", str(t2i_checkpoints),
-          "--device", "cpu"])
+          "--device", "cpu", "-o", str(tmp_path / "steps.json")])
     assert capsys.readouterr().out.count("ddim") == 2
+    record = json.loads((tmp_path / "steps.json").read_text())
+    assert [(r["sampler"], r["steps"]) for r in record["sweep"]["rows"]] == [("ddim", 1), ("ddim", 2)]
+    assert set(record) == set(json.loads(evaluation.STEPS_SWEEP_PATH.read_text()))  # the shipped file's schema
 
 
 def test_command_line_turns_bad_input_into_a_usage_error(t2i_checkpoints, capsys):
@@ -346,7 +355,8 @@ def test_cfg_command_held_out_options_choose_the_prompts(t2i_checkpoints, capsys
     from course_lib.evaluation import cli
 
     seen = []
-    monkeypatch.setattr(cli, "cfg_sweep", lambda scales, prompts, **kw: seen.append((scales, prompts)) or "table")
+    table = Sweep([{"guidance_scale": 1}], [torch.zeros(2, 3, 4, 4)], {})  # what cfg_sweep returns, in small
+    monkeypatch.setattr(cli, "cfg_sweep", lambda scales, prompts, **kw: seen.append((scales, prompts)) or table)
     main(["cfg", "--scales", "1", "3.5", "--held-out-draws", "2", "--held-out-seed", "7", "--held-out-only",
           "--checkpoint-dir", str(t2i_checkpoints), "--device", "cpu"])
     (scales, prompts), = seen  # --held-out-only: no table of fresh prompts

@@ -167,7 +167,8 @@ WIDGETS = ("DenoisingPlayer", "NoisingExplorer(", "FillPlayer(")
 
 
 def _cells(path: Path, kind: str) -> list[tuple[str, str]]:
-    return [(c.get("id"), "".join(c["source"])) for c in json.loads(path.read_text())["cells"] if c["cell_type"] == kind]
+    cells = json.loads(path.read_text())["cells"]
+    return [(c.get("id"), "".join(c["source"])) for c in cells if c["cell_type"] == kind]
 
 
 @pytest.mark.parametrize("path", [p for p in NOTEBOOKS if p.name[:2] in ("01", "02", "03", "04", "05")],
