@@ -14,15 +14,24 @@ import torch
 from .schedules import NoiseSchedule, SCHEDULES
 
 
-def _close(got, want, what: str, hint: str, atol: float = 1e-5) -> None:
-    """Assert got ~ want with a message a student can act on."""
+def _tolerance(want: torch.Tensor, atol: float, relative: bool) -> float:
+    """atol, or with relative=True atol times the size of want's numbers (at least 1): DDPM's x_t reaches the
+    hundreds when alpha_bar_t is tiny, where float32 round-off alone exceeds a fixed 1e-4."""
+    return atol * max(1.0, want.abs().max().item()) if relative else atol
+
+
+def _close(got, want, what: str, hint: str, atol: float = 1e-5, relative: bool = False) -> None:
+    """Assert got ~ want (within `_tolerance`) with a message a student can act on."""
     if not isinstance(got, torch.Tensor):
         raise AssertionError(f"{what}: expected a torch.Tensor, got {type(got).__name__}. {hint}")
     if got.shape != want.shape:
         raise AssertionError(f"{what}: expected shape {tuple(want.shape)}, got {tuple(got.shape)}. {hint}")
+    if not bool(torch.isfinite(got).all()):
+        raise AssertionError(f"{what}: your answer holds NaN or inf numbers. {hint}")
     err = (got.double() - want.double()).abs().max().item()
-    if not err <= atol:
-        raise AssertionError(f"{what}: off by up to {err:.3g} (tolerance {atol:g}). {hint}")
+    tol = _tolerance(want, atol, relative)
+    if not err <= tol:
+        raise AssertionError(f"{what}: off by up to {err:.3g} (tolerance {tol:.2g}). {hint}")
 
 
 def check_two_steps(fn: Callable) -> None:
@@ -123,11 +132,17 @@ def _clip_cases():
         yield image, text, torch.tensor(scale)
 
 
-def _diagnose(got, variants: dict, fallback: str) -> str:
-    """The hint of the first known wrong variant `got` matches, else `fallback`."""
-    for hint, value in variants.items():
-        if isinstance(got, torch.Tensor) and got.shape == value.shape and torch.allclose(got.double(), value.double(),
-                                                                                      atol=1e-5):
+def _diagnose(got, variants, fallback: str, atol: float = 1e-5, relative: bool = False) -> str:
+    """The hint of the first known wrong variant `got` matches, else `fallback`. variants: {hint: value} or
+    (hint, value) pairs; relative=True compares within `_tolerance`, as `_close` does."""
+    pairs = variants.items() if isinstance(variants, dict) else variants
+    for hint, value in pairs:
+        if not isinstance(got, torch.Tensor) or got.shape != value.shape:
+            continue
+        if relative:
+            if (got.double() - value.double()).abs().max().item() <= _tolerance(value, atol, True):
+                return hint
+        elif torch.allclose(got.double(), value.double(), atol=atol):
             return hint
     return fallback
 

@@ -11,6 +11,7 @@ from typing import Callable
 
 import torch
 
+from .exercises import _close, _diagnose
 from .samplers import ddpm, make_timesteps
 from .schedules import NoiseSchedule
 
@@ -37,32 +38,6 @@ class GaussianEps:
         t = torch.as_tensor(t).long().cpu().reshape(-1).expand(x_t.shape[0])  # (B,)
         ab = self.schedule.alphas_cumprod[t].view(-1, 1, 1, 1).to(x_t)  # (B, 1, 1, 1)
         return (1 - ab).sqrt() * (x_t - ab.sqrt() * self.mu.to(x_t)) / (ab * DATA_STD**2 + 1 - ab)
-
-
-def _close(got, want: torch.Tensor, what: str, hint: str, atol: float = 1e-4) -> None:
-    """AssertionError with `hint` unless got is a tensor shaped like want and equal to it within atol (relative to
-    the size of want's numbers, which reach the hundreds when alpha_bar_t is tiny)."""
-    if not isinstance(got, torch.Tensor):
-        raise AssertionError(f"{what}: expected a torch.Tensor, got {type(got).__name__}. {hint}")
-    if got.shape != want.shape:
-        raise AssertionError(f"{what}: expected shape {tuple(want.shape)}, got {tuple(got.shape)}. {hint}")
-    if not bool(torch.isfinite(got).all()):
-        raise AssertionError(f"{what}: your answer holds NaN or inf numbers. {hint}")
-    err = (got.double() - want.double()).abs().max().item()
-    tol = atol * max(1.0, want.abs().max().item())
-    if not err <= tol:
-        raise AssertionError(f"{what}: off by up to {err:.3g} (tolerance {tol:.2g}). {hint}")
-
-
-def _matches(got, value: torch.Tensor) -> bool:
-    if not isinstance(got, torch.Tensor) or got.shape != value.shape:
-        return False
-    return (got.double() - value.double()).abs().max().item() <= 1e-4 * max(1.0, value.abs().max().item())
-
-
-def _first_hint(got, variants: list[tuple[str, torch.Tensor]], fallback: str) -> str:
-    """The hint of the first known wrong answer (hint, value) that `got` equals, else `fallback`."""
-    return next((hint for hint, value in variants if _matches(got, value)), fallback)
 
 
 # ----- exercise 3: one DDPM step ------------------------------------------------------------------------------
@@ -138,7 +113,8 @@ def check_ddpm_step(fn: Callable) -> None:
             fallback = ("mean = sqrt(alpha_bar_prev) beta_t / (1 - alpha_bar_t) * x0 "
                         "+ sqrt(alpha_t) (1 - alpha_bar_prev) / (1 - alpha_bar_t) * x_t, with x0 from "
                         "predict_x0 and alpha_t = alpha_bar_t / alpha_bar_prev; then add sigma_t * z.")
-        _close(got, want, where, _first_hint(got, _step_variants(x_t, eps, ab, ab_prev, z), fallback))
+        hint = _diagnose(got, _step_variants(x_t, eps, ab, ab_prev, z), fallback, atol=1e-4, relative=True)
+        _close(got, want, where, hint, atol=1e-4, relative=True)
     print("✓ the DDPM step is right")
 
 
@@ -204,5 +180,6 @@ def check_sampling_loop(fn: Callable) -> None:
                     "schedule.alphas_cumprod[t] and alpha_bar_prev at timesteps[i + 1] (1.0 after the last); draw z "
                     "from `generator` (torch.randn(x.shape, generator=generator)), one per step, and pass everything "
                     "to your DDPM step (check_ddpm_step must pass first).")
-        _close(got, want, where, _first_hint(got, variants, fallback), atol=1e-3)
+        hint = _diagnose(got, variants, fallback, atol=1e-4, relative=True)
+        _close(got, want, where, hint, atol=1e-3, relative=True)
     print("✓ your sampling loop reproduces course_lib.samplers.ddpm")

@@ -26,7 +26,7 @@ import torch
 import course_lib
 from course_lib import pretrained, samplers
 from course_lib.guidance import GuidedModel
-from course_lib.images import read_image
+from course_lib.images import image_batch, read_image
 from course_lib.outputs import save_gif, save_numbered_pngs, save_png  # noqa: F401 (course_lib.generate.save_*)
 from course_lib.latent import encode_latents, latent_decoder
 from course_lib.pretrained import CheckpointError, CheckpointNotFoundError, Pretrained, image_shape, load_checkpoint, \
@@ -209,13 +209,7 @@ def _img2img_start(p: Pretrained, image, strength, timesteps, n: int, device, di
     """(the image as the sampler's start, (1 or n, C, H, W) on the CPU: VAE latents for a latent model; the last
     int(steps * strength) timesteps, as diffusers' img2img pipelines keep them)."""
     timesteps = strength_timesteps(timesteps, strength)  # ValueError for a strength outside [0, 1]
-    want = image_shape(p)
-    if not isinstance(image, torch.Tensor) or image.dim() not in (3, 4) or tuple(image.shape[-3:]) != want \
-            or (image.dim() == 4 and image.shape[0] not in (1, n)):
-        got = tuple(image.shape) if isinstance(image, torch.Tensor) else type(image).__name__
-        raise ValueError(f"image must be a tensor (3, H, W) or (1 or n, 3, H, W) in [-1, 1] of this model's size "
-                         f"{want}, got {got}")
-    image = (image[None] if image.dim() == 3 else image).float().cpu()  # (1 or n, 3, H, W)
+    image = image_batch(image, image_shape(p), n, "this model's size")  # (1 or n, 3, H, W)
     vae = pretrained.load_vae(p, device, directory)
     start = image if vae is None else encode_latents(vae, image)  # (1 or n, C, h, w)
     return start, timesteps

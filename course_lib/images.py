@@ -24,6 +24,17 @@ def read_image(source, size: tuple[int, int]) -> torch.Tensor:
     return torch.from_numpy(np.asarray(picture).copy()).permute(2, 0, 1).float() / 127.5 - 1  # (3, H, W)
 
 
+def image_batch(image, shape: tuple[int, int, int], n: int, whose: str) -> torch.Tensor:
+    """An img2img input as a float CPU batch (1 or n, C, H, W): `image` may be (C, H, W) or (1 or n, C, H, W) of
+    `shape`; ValueError naming `whose` size it must have (e.g. "this model's size") otherwise."""
+    if not isinstance(image, torch.Tensor) or image.dim() not in (3, 4) or tuple(image.shape[-3:]) != tuple(shape) \
+            or (image.dim() == 4 and image.shape[0] not in (1, n)):
+        got = tuple(image.shape) if isinstance(image, torch.Tensor) else type(image).__name__
+        raise ValueError(f"image must be a tensor (3, H, W) or (1 or {n}, 3, H, W) in [-1, 1] of {whose} "
+                         f"{tuple(shape)}, got {got}")
+    return (image[None] if image.dim() == 3 else image).detach().float().cpu()  # (1 or n, C, H, W)
+
+
 def to_uint8(images) -> np.ndarray:
     """Map a [-1, 1] float image (C, H, W) or batch (B, C, H, W) to uint8 HWC numpy (batch: (B, H, W, C))."""
     if not isinstance(images, torch.Tensor):

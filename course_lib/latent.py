@@ -73,14 +73,19 @@ def measure_scaling_factor(vae: VAE, images: torch.Tensor, seed: int = 0, batch_
     return vae.config.scaling_factor
 
 
-def latent_encoder(vae="shapes64-vae", device=None, directory=None) -> Callable | None:
-    """encode(images) -> scaled latents, the other end of `latent_decoder` (img2img starts from it); None for a
-    pixel-space model. vae: a VAE, a VAE checkpoint name, or a loaded latent-diffusion Pretrained."""
+def _bound(function: Callable, vae, device, directory) -> Callable | None:
+    """function(vae, ...) with the VAE loaded once; None when `vae` names none (a pixel-space model)."""
     if not isinstance(vae, VAE):
         vae = pretrained.load_vae(vae, device=device, directory=directory)
         if vae is None:
             return None
-    return functools.partial(encode_latents, vae)
+    return functools.partial(function, vae)
+
+
+def latent_encoder(vae="shapes64-vae", device=None, directory=None) -> Callable | None:
+    """encode(images) -> scaled latents, the other end of `latent_decoder` (img2img starts from it); None for a
+    pixel-space model. vae: a VAE, a VAE checkpoint name, or a loaded latent-diffusion Pretrained."""
+    return _bound(encode_latents, vae, device, directory)
 
 
 def latent_decoder(vae="shapes64-vae", device=None, directory=None) -> Callable | None:
@@ -89,8 +94,4 @@ def latent_decoder(vae="shapes64-vae", device=None, directory=None) -> Callable 
     vae: a VAE, a VAE checkpoint name, or a loaded latent-diffusion Pretrained (its JSON names its VAE;
     None for a pixel-space model, which needs no decoder).
     """
-    if not isinstance(vae, VAE):
-        vae = pretrained.load_vae(vae, device=device, directory=directory)
-        if vae is None:
-            return None
-    return functools.partial(decode_latents, vae)
+    return _bound(decode_latents, vae, device, directory)

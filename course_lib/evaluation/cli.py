@@ -112,7 +112,7 @@ def _parser() -> argparse.ArgumentParser:
     return parser
 
 
-def _cfg(args) -> dict:
+def _cfg(args, parser=None) -> dict:
     settings = dict(steps=args.steps, n_per_prompt=args.per_prompt, seed=args.seed, sampler=args.sampler,
                     model=args.model, directory=args.checkpoint_dir, device=args.device, progress=True)
     scales = [int(s) if float(s).is_integer() else s for s in args.scales]
@@ -133,7 +133,7 @@ def _cfg(args) -> dict:
     return _with_command(record, args, command)
 
 
-def _steps(args) -> dict:
+def _steps(args, parser=None) -> dict:
     sweep = steps_sweep(args.steps, args.samplers, n=args.n, seed=args.seed, model=args.model,
                         directory=args.checkpoint_dir, device=args.device, progress=True)
     print(f"\n{args.n} images per run, against {args.n} real renders:")
@@ -270,20 +270,16 @@ def main(argv: list[str] | None = None) -> None:
     parser = _parser()
     args = parser.parse_args(argv)
     try:
-        if args.command in ("cfg", "steps"):
-            record = (_cfg if args.command == "cfg" else _steps)(args)
-            if args.output:
-                Path(args.output).write_text(json.dumps(record, indent=2) + "\n")
-                print(f"wrote {args.output}")
-        elif args.command == "floors":
+        if args.command == "floors":
             _floors(args)
         elif args.command == "scaling":
             _scaling(args, parser)
         else:
-            write = {"samplers": _samplers, "pixel-vs-latent": _pixel_vs_latent, "kl": _kl,
-                     "ar-vs-diffusion": _ar_vs_diffusion}[args.command]
-            record = write(args, parser)
-            Path(args.output).write_text(json.dumps(record, indent=2) + "\n")
-            print(f"wrote {args.output}")
+            measure = {"cfg": _cfg, "steps": _steps, "samplers": _samplers, "pixel-vs-latent": _pixel_vs_latent,
+                       "kl": _kl, "ar-vs-diffusion": _ar_vs_diffusion}[args.command]
+            record = measure(args, parser)
+            if args.output:  # cfg and steps write only when given -o; the others always have a file
+                Path(args.output).write_text(json.dumps(record, indent=2) + "\n")
+                print(f"wrote {args.output}")
     except (TypeError, ValueError, CheckpointNotFoundError, CheckpointError) as e:
         parser.error(str(e))  # one line and exit status 2, not a traceback

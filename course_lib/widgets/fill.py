@@ -14,7 +14,7 @@ import torch
 from ..generate import DEFAULT_GUIDANCE, generate
 from ..images import grid, label_rows, png_bytes, to_uint8, upscale
 from ..tokens import FillFrame
-from .player import MAX_GUIDANCE_SCALE, Trajectory, _check_int
+from .player import MAX_GUIDANCE_SCALE, Trajectory, _check_int, _sampling
 
 
 class FillPlayer(widgets.VBox):
@@ -88,23 +88,17 @@ class FillPlayer(widgets.VBox):
 
     def _sample(self) -> Trajectory:
         traj, start = Trajectory(), time.perf_counter()
-        self._running = True
 
         def on_frame(frame: FillFrame) -> None:
             traj.frames.append(self.render(frame))
             traj.captions.append(f"model call {frame.step}/{frame.calls} · {time.perf_counter() - start:.2f} s")
             self.image.value, self.status.value = traj.frames[-1], traj.captions[-1]  # live
 
-        try:
+        with _sampling(self):
             traj.final = generate(self.prompt_box.value, model=self.model, n=self.n, seed=int(self.seed_box.value),
                                   guidance_scale=float(self.guidance_slider.value),
                                   temperature=float(self.temperature_slider.value), device=self.device,
                                   directory=self.directory, callback=on_frame).images
-        except Exception as e:
-            self.status.value = f"error: {type(e).__name__}: {e}"
-            raise
-        finally:
-            self._running = False
         return traj
 
     def _on_settings(self, change=None) -> None:

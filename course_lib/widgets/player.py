@@ -14,6 +14,7 @@ timestep a strength slider picks and denoised from there (`samplers.strength_tim
 from __future__ import annotations
 
 import time
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 
 import ipywidgets as widgets
@@ -23,7 +24,7 @@ from .. import device_of, pretrained
 from ..guidance import GuidedModel
 from ..latent import latent_decoder, latent_encoder
 from ..samplers import SAMPLERS, StepRecord, get_sampler, make_timesteps, strength_timesteps
-from ..images import grid, label_rows, png_bytes, read_image, to_uint8, upscale
+from ..images import grid, image_batch, label_rows, png_bytes, read_image, to_uint8, upscale
 
 MAX_STEPS = 100  # the steps slider's upper end
 MAX_GUIDANCE_SCALE = 20.0  # the guidance_scale slider's upper end (step 0.5)
@@ -82,6 +83,7 @@ class DenoisingPlayer(widgets.VBox):
         self.last_images: torch.Tensor | None = None
         self._running = False
         self.input_image: torch.Tensor | None = None  # img2img input (1 or n, 3, H, W) on the CPU, or None
+        self._pixel_shape: tuple[int, int, int] | None = None  # see pixel_shape()
         self._image_version = 0  # part of cache_key: a new input image means new trajectories
 
         self.steps_slider = widgets.IntSlider(value=steps, min=1, max=MAX_STEPS, description="steps",
@@ -167,14 +169,7 @@ class DenoisingPlayer(widgets.VBox):
         """img2img from `image` ((3, H, W) or (1 or n, 3, H, W) in [-1, 1], the size the player shows; None: back to
         plain sampling from noise). The strength slider then picks how much of it is redrawn."""
         if image is not None:
-            image = image[None] if isinstance(image, torch.Tensor) and image.dim() == 3 else image
-            want = self.pixel_shape()
-            if not isinstance(image, torch.Tensor) or image.dim() != 4 or tuple(image.shape[1:]) != want \
-                    or image.shape[0] not in (1, self.n):
-                got = tuple(image.shape) if isinstance(image, torch.Tensor) else type(image).__name__
-                raise ValueError(f"image must be a tensor (3, H, W) or (1 or {self.n}, 3, H, W) in [-1, 1] of the "
-                                 f"player's image shape {want}, got {got}")
-            image = image.detach().float().cpu()
+            image = image_batch(image, self.pixel_shape(), self.n, "the player's image shape")  # (1 or n, 3, H, W)
         self.input_image = image
         self._image_version += 1
         self.strength_slider.disabled = self.clear_button.disabled = image is None
@@ -182,11 +177,15 @@ class DenoisingPlayer(widgets.VBox):
             self.run()
 
     def pixel_shape(self) -> tuple[int, int, int]:
-        """(3, H, W) of the images on screen: the samples' shape, or what `decode` turns a latent into."""
-        if self.decode is None:
-            return 3, self.image_size, self.image_size
-        zeros = torch.zeros(1, self.channels, self.image_size, self.image_size, device=self.device)
-        return (3, *self._displayable(zeros).shape[-2:])
+        """(3, H, W) of the images on screen: the samples' shape, or what `decode` turns a latent into (found once,
+        by decoding a zero latent)."""
+        if self._pixel_shape is None:
+            size = (self.image_size, self.image_size)
+            if self.decode is not None:
+                zeros = torch.zeros(1, self.channels, *size, device=self.device)
+                size = tuple(self._displayable(zeros).shape[-2:])
+            self._pixel_shape = (3, *size)
+        return self._pixel_shape
 
     def conditioning(self) -> tuple[tuple[torch.Tensor, torch.Tensor], tuple[torch.Tensor, torch.Tensor]] | None:
         """((tokens, mask) of the prompt, (tokens, mask) of ""), each encoded once; None without a text encoder.
@@ -246,8 +245,6 @@ class DenoisingPlayer(widgets.VBox):
             timesteps = strength_timesteps(timesteps, float(self.strength_slider.value))
             steps = max(len(timesteps), 1)  # strength 0: one frame, the input itself
         start = time.perf_counter()
-        self._running = True
-        self._set_frame_range(steps)
 
         def on_step(record: StepRecord) -> None:
             traj.frames.append(self.render(record))
@@ -260,23 +257,18 @@ class DenoisingPlayer(widgets.VBox):
 
         if self.model is not None and hasattr(self.model, "eval"):
             self.model.eval()  # dropout off; sampling must be deterministic for a given seed
-        x, gen = self.noise()  # gen also draws DDPM's per-step noise, so one seed fixes the whole run
-        try:
-            with torch.no_grad():
-                if self.input_image is not None:
-                    init = self._start_of_img2img(x)
-                    if len(timesteps) == 0:  # strength 0: nothing is redrawn, the input is the result
-                        on_step(StepRecord(step=0, t=0, x_t=init, x0=init))
-                        traj.final = init
-                        return traj
-                    x = self.schedule.add_noise(init, x, int(timesteps[0]))
-                traj.final = get_sampler(name)(self.guided_eps_model(), x, self.schedule, timesteps,
-                                               callback=on_step, generator=gen)
-        except Exception as e:
-            self.status.value = f"error: {type(e).__name__}: {e}"
-            raise
-        finally:
-            self._running = False
+        with _sampling(self), torch.no_grad():
+            self._set_frame_range(steps)
+            x, gen = self.noise()  # gen also draws DDPM's per-step noise, so one seed fixes the whole run
+            if self.input_image is not None:
+                init = self._start_of_img2img(x)
+                if len(timesteps) == 0:  # strength 0: nothing is redrawn, the input is the result
+                    on_step(StepRecord(step=0, t=0, x_t=init, x0=init))
+                    traj.final = init
+                    return traj
+                x = self.schedule.add_noise(init, x, int(timesteps[0]))
+            traj.final = get_sampler(name)(self.guided_eps_model(), x, self.schedule, timesteps,
+                                           callback=on_step, generator=gen)
         return traj
 
     def _start_of_img2img(self, x_T: torch.Tensor) -> torch.Tensor:
@@ -350,6 +342,20 @@ class DenoisingPlayer(widgets.VBox):
         if x.shape[1] == 1:
             x = x.expand(-1, 3, -1, -1)  # (B, 3, H, W)
         return x[:, :3].float()
+
+
+@contextmanager
+def _sampling(widget):
+    """While a player samples: its `_running` flag is up (the slider moves are its own, not the user's), and an
+    error shows in its status line before it propagates. DenoisingPlayer and FillPlayer both sample inside it."""
+    widget._running = True
+    try:
+        yield
+    except Exception as e:
+        widget.status.value = f"error: {type(e).__name__}: {e}"
+        raise
+    finally:
+        widget._running = False
 
 
 def _model_dtype(model) -> torch.dtype:
